@@ -1,0 +1,34 @@
+# `make test` and `make demo` each set up .venv (Python >= 3.12) and install jaxtok into it first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# Re-installs whenever pyproject.toml changes; recreates the venv if its Python is too old.
+$(STAMP): pyproject.toml
+	@set -e; \
+	if ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+	  base=$$(sh tools/find_python.sh); \
+	  echo "creating $(VENV) with $$base"; \
+	  "$$base" -m venv --clear $(VENV); \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+demo: setup
+	$(VENV)/bin/jaxtok demo
+
+bench: setup
+	$(PY) tools/bench/nearest_code.py
+
+clean:
+	rm -rf $(VENV) .cache runs

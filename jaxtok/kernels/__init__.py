@@ -1,0 +1,1 @@
+"""Accelerator kernels, one folder per op; each imports only jax."""

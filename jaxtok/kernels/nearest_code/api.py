@@ -1,0 +1,57 @@
+"""Public entry point: `nearest_code(x, codebook, *, metric, impl)`."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxtok.kernels.nearest_code.reference import METRICS, nearest_code_reference
+from jaxtok.kernels.nearest_code.xla import nearest_code_xla
+
+_IMPLEMENTATIONS = {
+    "xla": nearest_code_xla,
+    "reference": nearest_code_reference,
+}
+IMPLS = ("auto", *_IMPLEMENTATIONS)
+
+
+def _resolve(impl: str) -> str:
+  if impl == "auto":
+    return "xla"
+  if impl not in _IMPLEMENTATIONS:
+    raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+  return impl
+
+
+def nearest_code(x: jax.Array, codebook: jax.Array, *, metric: str = "l2",
+                 impl: str = "auto") -> tuple[jax.Array, jax.Array]:
+  """Index of, and distance to, the nearest codebook row for every vector of x.
+
+  Args:
+    x: [..., D] float (f32 or bf16).
+    codebook: [K, D] float. Mixed dtypes are promoted to a common one before scoring.
+    metric: "l2" (squared Euclidean), "cosine" (1 − cosine similarity) or "dot" (−<x, e>,
+      i.e. maximum inner product). See `reference.py` for the exact rule and NaN policy.
+    impl: "auto" (best for the backend), "xla" (tiled scan, never holds the N×K matrix) or
+      "reference" (materializes N×K; the baseline).
+
+  Returns:
+    indices: [...] int32, ties to the lowest index; dist: [...] f32 under `metric`.
+    Neither carries a gradient: gather the code and compute losses from it.
+  """
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+  impl = _resolve(impl)
+  x, codebook = jnp.asarray(x), jnp.asarray(codebook)
+  if codebook.ndim != 2 or codebook.shape[0] == 0:
+    raise ValueError(f"codebook must be [K, D] with K >= 1; got shape {tuple(codebook.shape)}")
+  if x.ndim == 0 or x.shape[-1] != codebook.shape[1]:
+    raise ValueError(f"x must be [..., D] with D={codebook.shape[1]} (the codebook's); "
+                     f"got x.shape={tuple(x.shape)}")
+  for name, a in (("x", x), ("codebook", codebook)):
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+      raise TypeError(f"{name} must be a floating-point array; got dtype {a.dtype}")
+  dtype = jnp.result_type(x.dtype, codebook.dtype)
+  x = jax.lax.stop_gradient(x.astype(dtype))
+  codebook = jax.lax.stop_gradient(codebook.astype(dtype))
+  lead = x.shape[:-1]
+  idx, dist = _IMPLEMENTATIONS[impl](x.reshape(-1, x.shape[-1]), codebook, metric=metric)
+  return idx.reshape(lead), dist.reshape(lead)

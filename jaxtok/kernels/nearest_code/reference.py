@@ -1,0 +1,75 @@
+"""The scoring rule every nearest-code implementation shares, and the materializing reference.
+
+Every metric is written as one affine rule on the f32-accumulated dot product,
+
+    score[n, k] = bias[k] + weight[k] * <x[n], e[k]>,     index[n] = argmin_k score[n, k],
+
+so kernels need only the per-code f32 terms (bias, weight) and a matmul. Per-code terms are
+computed in f32 from exactly the values fed to the dot (after any bf16 cast), so a bf16
+codebook is scored as the bf16 values it holds.
+
+| metric | bias[k]  | weight[k]  | dist[n] returned                       |
+|--------|----------|------------|----------------------------------------|
+| l2     | ‖e_k‖²   | -2         | max(‖x_n‖² + score, 0) = ‖x_n − e_k‖²  |
+| cosine | 0        | -1/‖e_k‖   | 1 + score/‖x_n‖ = 1 − cos(x_n, e_k)    |
+| dot    | 0        | -1         | score = −<x_n, e_k>                    |
+
+NaN policy (all implementations): a NaN score never wins, so a code holding a NaN is never
+chosen; a row of x holding a NaN gets index 0 (a valid id, so gathers stay in bounds) and dist
+NaN, which surfaces in any loss computed from it. Ties go to the lowest index, as `jnp.argmin`.
+"""
+
+import jax
+import jax.numpy as jnp
+
+METRICS = ("l2", "cosine", "dot")
+_EPS = 1e-12  # guards 1/‖e‖ and 1/‖x‖ for all-zero vectors (their cosine is then 0)
+
+
+def dot_precision(dtype) -> jax.lax.Precision:
+  """f32 inputs get true f32 matmuls (TPU/GPU default to bf16/TF32 passes); bf16 needs none."""
+  return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def code_terms(codebook_KD: jax.Array, metric: str) -> tuple[jax.Array, jax.Array]:
+  """Per-code f32 (bias[K], weight[K]) of the scoring rule above."""
+  e = codebook_KD.astype(jnp.float32)
+  sq_norm = jnp.sum(e * e, axis=-1)
+  if metric == "l2":
+    return sq_norm, jnp.full_like(sq_norm, -2.0)
+  if metric == "cosine":
+    return jnp.zeros_like(sq_norm), -jax.lax.rsqrt(jnp.maximum(sq_norm, _EPS))
+  if metric == "dot":
+    return jnp.zeros_like(sq_norm), -jnp.ones_like(sq_norm)
+  raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+
+
+def finish_dist(best_score_N: jax.Array, x_ND: jax.Array, metric: str) -> jax.Array:
+  """Turns the winning score into the distance of the table above (f32), NaN rows → NaN."""
+  x = x_ND.astype(jnp.float32)
+  sq_norm = jnp.sum(x * x, axis=-1)  # NaN exactly for rows holding a NaN
+  if metric == "l2":
+    dist = jnp.maximum(sq_norm + best_score_N, 0.0)
+  elif metric == "cosine":
+    dist = 1.0 + best_score_N * jax.lax.rsqrt(jnp.maximum(sq_norm, _EPS))
+  else:
+    dist = best_score_N
+  return jnp.where(jnp.isnan(sq_norm), jnp.nan, dist)
+
+
+def scores(x_ND: jax.Array, codebook_KD: jax.Array, bias_K, weight_K) -> jax.Array:
+  """f32 scores [N, K'] for one block of codes, NaN mapped to +inf (a NaN never wins)."""
+  dots = jax.lax.dot_general(
+      x_ND, codebook_KD, (((1,), (1,)), ((), ())),
+      precision=dot_precision(x_ND.dtype), preferred_element_type=jnp.float32)
+  s = bias_K[None, :] + weight_K[None, :] * dots
+  return jnp.where(jnp.isnan(s), jnp.inf, s)
+
+
+def nearest_code_reference(x_ND: jax.Array, codebook_KD: jax.Array, *, metric: str):
+  """Materializes the whole [N, K] score matrix, then argmin: the baseline to beat."""
+  bias, weight = code_terms(codebook_KD, metric)
+  s = scores(x_ND, codebook_KD, bias, weight)
+  idx = jnp.argmin(s, axis=-1).astype(jnp.int32)
+  best = jnp.take_along_axis(s, idx[:, None], axis=-1)[:, 0]
+  return idx, finish_dist(best, x_ND, metric)
