@@ -1,0 +1,170 @@
+"""LFQ: Yu et al. 2023, "Language Model Beats Diffusion: Tokenizer is Key to Visual Generation"."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtok.quantizers.base import QuantizerOutput, check_indices, check_last_dim
+from jaxtok.quantizers.fsq import usage_metrics
+
+MAX_BITS = 31  # ids are int32
+
+
+def validate_bits(bits: int, group_bits: int) -> None:
+  if not 1 <= bits <= MAX_BITS:
+    raise ValueError(f"bits must be in [1, {MAX_BITS}] so ids fit in int32; got bits={bits}")
+  if group_bits < 1:
+    raise ValueError(f"entropy_group_bits must be >= 1; got {group_bits}")
+
+
+def sign_codes(z: jax.Array, value: float) -> jax.Array:
+  """+value where z > 0, -value elsewhere (zero included), f32."""
+  return jnp.where(z > 0, jnp.float32(value), jnp.float32(-value))
+
+
+def codes_to_indices(codes: jax.Array) -> jax.Array:
+  """Ids [...] int32 of binary codes [..., B]: bit i (channel i, > 0 means 1) weighs 2^i.
+
+  Channel 0 is the least significant bit. (The BSQ reference code weighs channel 0 by
+  2^(B-1): its ids are these with the bit order reversed.)
+  """
+  weights = jnp.left_shift(jnp.int32(1), jnp.arange(codes.shape[-1], dtype=jnp.int32))
+  return jnp.sum((codes > 0).astype(jnp.int32) * weights, axis=-1, dtype=jnp.int32)
+
+
+def indices_to_codes(indices: jax.Array, bits: int, value: float = 1.0) -> jax.Array:
+  """Codes [..., bits] f32 in {-value, +value} of int ids [...] (inverse of codes_to_indices)."""
+  indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
+  bit = jnp.right_shift(indices, jnp.arange(bits, dtype=jnp.int32)) & 1
+  return sign_codes(bit, value)
+
+
+def straight_through_exact(z: jax.Array, q: jax.Array) -> jax.Array:
+  """q forward, bit for bit, with an identity gradient to z.
+
+  `base.straight_through`'s z + sg(q − z) rounds twice and is off by an ulp for most z when
+  q = ±1/√B or ±scale; q + (z − sg(z)) adds an exact zero, so quantized == indices_to_codes.
+  """
+  return q + (z - jax.lax.stop_gradient(z))
+
+
+def _entropy(probs: jax.Array, axis: int = -1) -> jax.Array:
+  logs = jnp.log(jnp.where(probs > 0, probs, 1.0))
+  return -jnp.sum(probs * logs, axis=axis)
+
+
+def binary_code_entropies(z: jax.Array, *, value: float, temperature: float,
+                          group_bits: int) -> tuple[jax.Array, jax.Array]:
+  """Per-sample and codebook entropy (nats, f32) of the soft assignment of z to {±value}^B.
+
+  The soft assignment is q(c|z) = softmax_c(-||z - c||^2 / temperature) over all 2^B codes.
+  As ||z||^2 and ||c||^2 = B·value^2 do not depend on c, the logits are 2 z·c / temperature =
+  Σ_b 2 z_b c_b / temperature, so q(·|z) is a product over the B bits: any split of the bits
+  into groups gives q(c|z) = Π_g q_g(c_g|z_g), with q_g a softmax over the group's 2^g
+  sub-codes. The bits are split into consecutive groups of `group_bits` (the last may be
+  smaller); memory is N·Σ_g 2^g, never N·2^B.
+
+  Returns, over the N vectors of z [..., B] (all leading axes):
+    per_sample: mean_n H(q(·|z_n)) = mean_n Σ_g H(q_g(·|z_n,g)). EXACT for any grouping.
+    codebook: Σ_g H(p̄_g), where p̄ = mean_n q(·|z_n) is the batch-averaged code distribution
+      and p̄_g its marginal on group g (= mean_n q_g(·|z_n,g)). This is the FACTORIZED
+      ESTIMATE of H(p̄): p̄ is a mixture of product distributions, not itself a product, and by
+      subadditivity Σ_g H(p̄_g) >= H(p̄), with equality when there is a single group
+      (group_bits >= B: exact, at N·2^B memory) or the groups are independent under p̄.
+      Larger groups give a tighter bound. (BSQ's reference code computes the same estimate.)
+  """
+  z = z.reshape(-1, z.shape[-1]).astype(jnp.float32)
+  bits = z.shape[-1]
+  per_sample = jnp.zeros((), jnp.float32)
+  codebook = jnp.zeros((), jnp.float32)
+  for start in range(0, bits, group_bits):
+    g = min(group_bits, bits - start)
+    sub_codes = indices_to_codes(jnp.arange(2**g), g, value)  # [2^g, g]
+    logits = 2.0 * (z[:, start:start + g] @ sub_codes.T) / temperature  # [N, 2^g]
+    log_q = jax.nn.log_softmax(logits, axis=-1)
+    q = jnp.exp(log_q)
+    per_sample += jnp.mean(-jnp.sum(q * log_q, axis=-1))
+    codebook += _entropy(jnp.mean(q, axis=0))
+  return per_sample, codebook
+
+
+def binary_quantizer_output(z: jax.Array, q: jax.Array, z_dtype, *, commitment: jax.Array,
+                            commitment_weight: float, entropy_weight: float,
+                            diversity_gamma: float, value: float, temperature: float,
+                            group_bits: int) -> QuantizerOutput:
+  """Assembles the LFQ/BSQ output from f32 z (the vector quantized) and its code q.
+
+  loss = commitment_weight·commitment + entropy_weight·(per_sample − diversity_gamma·codebook).
+  """
+  indices = codes_to_indices(q)
+  per_sample, codebook = binary_code_entropies(
+      z, value=value, temperature=temperature, group_bits=group_bits)
+  loss = (commitment_weight * commitment
+          + entropy_weight * (per_sample - diversity_gamma * codebook))
+  metrics = dict(usage_metrics(indices, 2**q.shape[-1]), per_sample_entropy=per_sample,
+                 codebook_entropy=codebook, commitment=commitment)
+  return QuantizerOutput(quantized=straight_through_exact(z, q).astype(z_dtype), indices=indices,
+                         loss=loss.astype(jnp.float32),
+                         metrics={k: v.astype(jnp.float32) for k, v in metrics.items()})
+
+
+class LFQ(nn.Module):
+  """Lookup-free quantization: each channel of z is one bit, quantized to ±scale by its sign.
+
+  z [..., B] with B = bits -> quantized [..., B] in z's dtype (maths in f32), straight-through
+  (identity gradient); indices [...] int32 with channel i as bit i, weight 2^i (see
+  `codes_to_indices`); codebook_size 2^B (B <= 31).
+  loss = commitment_weight·mean((z − sg(q))^2) (mean over elements)
+       + entropy_weight·(per-sample entropy − diversity_gamma·codebook entropy),
+  the entropies of softmax(-||z − c||^2 / temperature) computed group by group in f32: see
+  `binary_code_entropies` for which is exact (per-sample) and which the factorized estimate
+  (codebook). Defaults follow MAGVIT-v2 as commonly reproduced (commitment 0.25, entropy 0.1,
+  gamma 1, temperature 0.01). The loss is computed in evaluation too (validation losses).
+  metrics: usage, perplexity (exact at any B; see fsq.usage_metrics), per_sample_entropy,
+  codebook_entropy (the factorized estimate), commitment (unweighted).
+  """
+
+  bits: int  # B: channels of z, bits per token; codebook size 2^B
+  scale: float = 1.0  # code values are ±scale
+  commitment_weight: float = 0.25  # weight of mean((z − sg(q))^2)
+  entropy_weight: float = 0.1  # weight of the whole entropy term
+  diversity_gamma: float = 1.0  # weight of the codebook entropy inside the entropy term
+  temperature: float = 0.01  # of the soft assignment softmax(-||z − c||^2 / temperature)
+  entropy_group_bits: int = 9  # bits per entropy group: memory N·2^g per group
+
+  def __post_init__(self):
+    validate_bits(self.bits, self.entropy_group_bits)
+    super().__post_init__()
+
+  @property
+  def input_dim(self) -> int:
+    return self.bits
+
+  @property
+  def code_dim(self) -> int:
+    return self.bits
+
+  @property
+  def codebook_size(self) -> int:
+    return 2**self.bits
+
+  def __call__(self, z: jax.Array, *, train: bool = False) -> QuantizerOutput:
+    del train  # deterministic; the loss is returned in both modes
+    check_last_dim(z, self.input_dim)
+    z32 = z.astype(jnp.float32)
+    q = sign_codes(z32, self.scale)
+    commitment = jnp.mean(jnp.square(z32 - q))
+    return binary_quantizer_output(
+        z32, q, z.dtype, commitment=commitment, commitment_weight=self.commitment_weight,
+        entropy_weight=self.entropy_weight, diversity_gamma=self.diversity_gamma,
+        value=self.scale, temperature=self.temperature, group_bits=self.entropy_group_bits)
+
+  def encode(self, z: jax.Array) -> jax.Array:
+    """Token ids [...] int32 of z [..., B]."""
+    check_last_dim(z, self.input_dim)
+    return codes_to_indices(z)
+
+  def indices_to_codes(self, indices: jax.Array) -> jax.Array:
+    """Codes [..., B] f32 in {±scale}; equal to `quantized` of the z that gave the ids."""
+    check_indices(indices, self.codebook_size)
+    return indices_to_codes(indices, self.bits, self.scale)
