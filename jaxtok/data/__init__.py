@@ -1,0 +1,1 @@
+"""Data: bundled sample images (and, later, Grain sources and transforms)."""
