@@ -1,21 +1,30 @@
 """Public entry point: `nearest_code(x, codebook, *, metric, impl)`."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 
+from jaxtok.kernels.nearest_code.pallas_gpu import nearest_code_pallas_gpu
+from jaxtok.kernels.nearest_code.pallas_tpu import nearest_code_pallas_tpu
 from jaxtok.kernels.nearest_code.reference import METRICS, nearest_code_reference
 from jaxtok.kernels.nearest_code.xla import nearest_code_xla
 
+# name -> fn(x_ND, codebook_KD, *, metric) -> (indices [N], dist [N]). Tests swap the Pallas
+# entries for interpret-mode partials (functools.partial(..., interpret=True)) to run on CPU.
 _IMPLEMENTATIONS = {
     "xla": nearest_code_xla,
     "reference": nearest_code_reference,
+    "pallas_gpu": nearest_code_pallas_gpu,
+    "pallas_tpu": nearest_code_pallas_tpu,
 }
 IMPLS = ("auto", *_IMPLEMENTATIONS)
+_AUTO = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}  # backend -> impl; anything else: "xla"
 
 
 def _resolve(impl: str) -> str:
   if impl == "auto":
-    return "xla"
+    return _AUTO.get(jax.default_backend(), "xla")
   if impl not in _IMPLEMENTATIONS:
     raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
   return impl
@@ -30,8 +39,10 @@ def nearest_code(x: jax.Array, codebook: jax.Array, *, metric: str = "l2",
     codebook: [K, D] float. Mixed dtypes are promoted to a common one before scoring.
     metric: "l2" (squared Euclidean), "cosine" (1 − cosine similarity) or "dot" (−<x, e>,
       i.e. maximum inner product). See `reference.py` for the exact rule and NaN policy.
-    impl: "auto" (best for the backend), "xla" (tiled scan, never holds the N×K matrix) or
-      "reference" (materializes N×K; the baseline).
+    impl: "auto" (pallas_gpu on GPU, pallas_tpu on TPU, xla elsewhere), "xla" (tiled scan,
+      never holds the N×K matrix), "pallas_gpu" / "pallas_tpu" (fused Pallas kernels; each
+      raises a RuntimeError on another backend) or "reference" (materializes N×K; the
+      baseline).
 
   Returns:
     indices: [...] int32, ties to the lowest index; dist: [...] f32 under `metric`.
@@ -53,5 +64,7 @@ def nearest_code(x: jax.Array, codebook: jax.Array, *, metric: str = "l2",
   x = jax.lax.stop_gradient(x.astype(dtype))
   codebook = jax.lax.stop_gradient(codebook.astype(dtype))
   lead = x.shape[:-1]
+  if math.prod(lead) == 0:  # no rows: no kernel to launch (a grid of zero programs)
+    return jnp.zeros(lead, jnp.int32), jnp.zeros(lead, jnp.float32)
   idx, dist = _IMPLEMENTATIONS[impl](x.reshape(-1, x.shape[-1]), codebook, metric=metric)
   return idx.reshape(lead), dist.reshape(lead)

@@ -57,13 +57,34 @@ def finish_dist(best_score_N: jax.Array, x_ND: jax.Array, metric: str) -> jax.Ar
   return jnp.where(jnp.isnan(sq_norm), jnp.nan, dist)
 
 
-def scores(x_ND: jax.Array, codebook_KD: jax.Array, bias_K, weight_K) -> jax.Array:
-  """f32 scores [N, K'] for one block of codes, NaN mapped to +inf (a NaN never wins)."""
-  dots = jax.lax.dot_general(
+def code_dots(x_ND: jax.Array, codebook_KD: jax.Array) -> jax.Array:
+  """f32-accumulated <x[n], e[k]> [N, K'], at the precision the scoring rule asks for."""
+  return jax.lax.dot_general(
       x_ND, codebook_KD, (((1,), (1,)), ((), ())),
       precision=dot_precision(x_ND.dtype), preferred_element_type=jnp.float32)
-  s = bias_K[None, :] + weight_K[None, :] * dots
+
+
+def affine_scores(dots_NK: jax.Array, bias_1K: jax.Array, weight_1K: jax.Array) -> jax.Array:
+  """bias + weight · dots with NaN mapped to +inf (a NaN never wins); terms as [1, K'] rows."""
+  s = bias_1K + weight_1K * dots_NK
   return jnp.where(jnp.isnan(s), jnp.inf, s)
+
+
+def scores(x_ND: jax.Array, codebook_KD: jax.Array, bias_K, weight_K) -> jax.Array:
+  """f32 scores [N, K'] for one block of codes, NaN mapped to +inf (a NaN never wins)."""
+  return affine_scores(code_dots(x_ND, codebook_KD), bias_K[None, :], weight_K[None, :])
+
+
+def first_min(s_NK: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Row minimum [N] and the lowest column reaching it [N] int32: `jnp.argmin`'s tie rule.
+
+  Written as two plain min reductions (no argmin primitive), which both the Triton and the
+  Mosaic TPU lowerings support; kernels use it on one score tile at a time.
+  """
+  m = jnp.min(s_NK, axis=1)
+  cols = jax.lax.broadcasted_iota(jnp.int32, s_NK.shape, 1)
+  j = jnp.min(jnp.where(s_NK == m[:, None], cols, s_NK.shape[1]), axis=1)
+  return m, j
 
 
 def nearest_code_reference(x_ND: jax.Array, codebook_KD: jax.Array, *, metric: str):
