@@ -1,1 +1,1 @@
-"""Data: bundled sample images (and, later, Grain sources and transforms)."""
+"""Data: Grain sources (image folders, ArrayRecord shards, bundled sample crops) and transforms."""

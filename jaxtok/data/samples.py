@@ -46,3 +46,33 @@ def random_crops(count: int, size: int, *, seed: int, photos=TRAIN_PHOTOS,
     crop = image[top:top + size, left:left + size]
     crops[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
   return crops
+
+
+class SampleCrops:
+  """A Grain random-access source of `random_crops`: the demo and test dataset.
+
+  split="train" crops the training photos, split="eval" the held-out one. Records are
+  {"key": "samples/<split>/<i>", "image": uint8 [size, size, 3]} (already decoded; see
+  `jaxtok.data.sources` for the record format). The crops are made once, here, so worker
+  processes receive them instead of importing scikit-image.
+  """
+
+  def __init__(self, count: int = 256, size: int = 64, *, seed: int = 0, split: str = "train",
+               short_side: int = 256):
+    splits = {"train": TRAIN_PHOTOS, "eval": HELDOUT_PHOTOS}
+    if split not in splits:
+      raise ValueError(f"split must be one of {tuple(splits)}; got {split!r}")
+    if count < 1:
+      raise ValueError(f"count must be >= 1; got {count}")
+    self.split = split
+    self.crops = random_crops(count, size, seed=seed, photos=splits[split],
+                              short_side=short_side)
+
+  def __len__(self) -> int:
+    return len(self.crops)
+
+  def __getitem__(self, index: int) -> dict:
+    return {"key": f"samples/{self.split}/{index}", "image": self.crops[index]}
+
+  def __repr__(self) -> str:
+    return f"SampleCrops(split={self.split!r}, {len(self)} crops of {self.crops.shape[1]}px)"

@@ -1,0 +1,210 @@
+"""The Grain input pipeline: a source of records -> batches {"image": uint8 [B, S, S, 3]}.
+
+  source -> seed -> (train: shuffle, repeat forever) -> decode + transform (random_map / map)
+         -> [shard_index::shard_count] -> to_iter_dataset (threads)
+         -> mp_prefetch (num_workers processes) -> skip bad records (main process) -> batch
+
+Bad files. Decoding is lazy, inside the map, so a corrupt, truncated, empty or non-image file
+is found only when its index is reached. The map never raises for it: it returns a marker
+{"skipped": key, "reason": why}, and a filter in the main process, after the workers, drops
+the marker, logs the path once (logger "jaxtok.data.pipeline", WARNING) and counts it in a
+`SkipLog`. Why there, and not a `MapDataset.filter` or a pre-validation pass:
+  * every record keeps its index, so shuffling, sharding and random access are unchanged and
+    a resumed iterator (`it.set_state(state)`) sees exactly the same stream;
+  * workers get whole records in the main process's order, so batches are identical for any
+    `num_workers` (a filter inside the workers would shift which worker fills which slot);
+  * counting happens in one process, so the budget is exact, and nothing must decode the
+    whole dataset up front.
+Budget (`max_skipped`): an int is a number of distinct bad records, a float in [0, 1) a
+fraction of `len(source)`, rounded down. Distinct records are counted, so seeing the same bad
+file every epoch does not exhaust the budget; the count lives in this process and restarts on
+resume (it fills up again as bad files come round). Past the budget, or once every record of
+the source proved bad, the iterator raises `BadDataError` instead of spinning forever.
+
+Resume: `it = iter(ds); ...; state = it.get_state()`; a fresh `iter(ds)` with
+`it.set_state(state)` yields the same batches, bit for bit, with or without worker processes.
+"""
+
+import functools
+import logging
+from typing import Any
+
+import grain
+import numpy as np
+
+from jaxtok.data import transforms
+
+log = logging.getLogger(__name__)
+
+
+class BadDataError(RuntimeError):
+  """More distinct records could not be read or decoded than the error budget allows."""
+
+
+class SkipLog:
+  """The distinct records a pipeline skipped: `skipped[key] = reason`, in order of discovery."""
+
+  def __init__(self):
+    self.skipped: dict[str, str] = {}
+
+  def __len__(self) -> int:
+    return len(self.skipped)
+
+
+def resolve_budget(max_skipped: int | float, total: int) -> int:
+  """How many distinct bad records out of `total` are tolerated (see the module docstring)."""
+  if isinstance(max_skipped, bool) or not isinstance(max_skipped, (int, float)):
+    raise TypeError(f"max_skipped must be an int (a count) or a float (a fraction); "
+                    f"got {max_skipped!r}")
+  if isinstance(max_skipped, float):
+    if not 0.0 <= max_skipped < 1.0:
+      raise ValueError(f"max_skipped as a fraction must be in [0, 1); got {max_skipped}")
+    return int(max_skipped * total)
+  if max_skipped < 0:
+    raise ValueError(f"max_skipped as a count must be >= 0; got {max_skipped}")
+  return max_skipped
+
+
+def _load_image(record: dict) -> np.ndarray | dict:
+  """A source record -> uint8 [H, W, 3], or a skip marker when it cannot be read or decoded."""
+  if "error" in record:
+    return {"skipped": record["key"], "reason": record["error"]}
+  if "image" in record:
+    image = record["image"]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"record {record['key']!r}: 'image' must be uint8 [H, W, 3]; "
+                       f"got {image.dtype} {image.shape}")
+    return image
+  try:
+    return transforms.decode_image(record["bytes"])
+  except Exception as e:  # pylint: disable=broad-except  # any decoder failure = a bad file
+    return {"skipped": record["key"], "reason": f"{type(e).__name__}: {e}"}
+
+
+def train_example(record: dict, rng: np.random.Generator, *, image_size: int) -> dict:
+  """Decode, shorter side to image_size, random crop, random flip -> {"image"} or a marker."""
+  image = _load_image(record)
+  if isinstance(image, dict):
+    return image
+  return {"image": transforms.train_transform(image, image_size, rng)}
+
+
+def eval_example(record: dict, *, image_size: int) -> dict:
+  """Decode, shorter side to image_size, center crop -> {"image"} or a marker."""
+  image = _load_image(record)
+  if isinstance(image, dict):
+    return image
+  return {"image": transforms.eval_transform(image, image_size)}
+
+
+class _SkipBadRecords:
+  """IterDataset filter run in the main process: drops, logs and budgets skip markers."""
+
+  def __init__(self, skip_log: SkipLog, *, max_skipped: int | float, total: int, name: str):
+    self.skip_log = skip_log
+    self.max_skipped = max_skipped
+    self.budget = resolve_budget(max_skipped, total)
+    self.total = total
+    self.name = name
+
+  def __call__(self, element: dict) -> bool:
+    if "skipped" not in element:
+      return True
+    key, reason = element["skipped"], element["reason"]
+    if key not in self.skip_log.skipped:
+      self.skip_log.skipped[key] = reason
+      count = len(self.skip_log)
+      log.warning("skipped bad image %s: %s (%d distinct skipped; budget %d)", key, reason,
+                  count, self.budget)
+      if count > self.budget or count >= self.total:
+        raise BadDataError(self._message(count))
+    return False
+
+  def _message(self, count: int) -> str:
+    listed = "; ".join(f"{k}: {r}" for k, r in list(self.skip_log.skipped.items())[:5])
+    more = " ..." if count > 5 else ""
+    if count >= self.total:
+      head = f"none of the {self.total} records of {self.name} could be read as an image"
+    else:
+      head = (f"{count} distinct records of {self.name} ({self.total} records) could not be "
+              f"read as images, more than max_skipped={self.max_skipped!r} allows "
+              f"({self.budget}); fix or remove them, or raise max_skipped")
+    return f"{head}. Skipped: {listed}{more}"
+
+
+def _mark_absl_flags_parsed() -> None:
+  # Grain worker processes crash under JAX when absl flags were never parsed (outside app.run).
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_pipeline(source: Any, *, image_size: int, batch_size: int, seed: int, train: bool,
+                  num_workers: int = 0, shard_index: int | None = None,
+                  shard_count: int | None = None, max_skipped: int | float = 0.01,
+                  skip_log: SkipLog | None = None, read_threads: int = 16,
+                  drop_remainder: bool = False) -> grain.IterDataset:
+  """Batches {"image": uint8 [batch_size, image_size, image_size, 3]} from a record source.
+
+  Args:
+    source: a random-access source of records (`sources.FolderSource`,
+      `sources.ArrayRecordSource`, `samples.SampleCrops`, or any `len` + `[i]` object
+      returning records as documented in `jaxtok.data.sources`).
+    image_size: output side S: the shorter side is resized to S, then an S x S crop is taken.
+    batch_size: images per batch on this process.
+    seed: seeds the shuffle and the per-image crop/flip (the same seed gives the same stream).
+    train: True: shuffled anew each epoch, repeated forever, random crop and flip. False: one
+      pass in source order, center crop, no flip (evaluation).
+    num_workers: worker processes decoding images (0: decode in this process, in threads).
+      Batches are identical for every value.
+    shard_index, shard_count: this process's shard of the data; default
+      `jax.process_index()`, `jax.process_count()`. Shards are disjoint within an epoch.
+    max_skipped: error budget for bad records (see the module docstring): an int count, or a
+      float fraction of `len(source)`.
+    skip_log: receives the skipped keys and reasons; pass one to read them (a fresh one is
+      made otherwise).
+    read_threads: decoding threads per process (PIL releases the GIL while decoding).
+    drop_remainder: drop a final partial batch (only a `train=False` pass can end with one).
+
+  Returns:
+    A `grain.IterDataset`; `iter(ds)` supports `get_state()` / `set_state()` for exact resume.
+  """
+  for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
+                           ("num_workers", num_workers, 0), ("read_threads", read_threads, 1)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+  if (shard_index is None) != (shard_count is None):
+    raise ValueError(f"give both shard_index and shard_count or neither; got "
+                     f"shard_index={shard_index}, shard_count={shard_count}")
+  if shard_index is None:
+    import jax  # pylint: disable=g-import-not-at-top  # only when sharding by JAX process
+
+    shard_index, shard_count = jax.process_index(), jax.process_count()
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, shard_count={shard_count}); got {shard_index}")
+  total = len(source)
+  if total == 0:
+    raise ValueError(f"source must hold at least one record; {source!r} is empty")
+  skip_filter = _SkipBadRecords(skip_log if skip_log is not None else SkipLog(),
+                                max_skipped=max_skipped, total=total, name=repr(source))
+
+  ds = grain.MapDataset.source(source).seed(seed)
+  if train:
+    # random_map before the shard slice: each image's crop/flip is seeded by its global
+    # position in the stream, so shards never share random draws.
+    ds = ds.shuffle().repeat().random_map(functools.partial(train_example,
+                                                            image_size=image_size))
+  else:
+    ds = ds.map(functools.partial(eval_example, image_size=image_size))
+  ds = ds[shard_index::shard_count]
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 2 * read_threads)))
+  if num_workers > 0:
+    _mark_absl_flags_parsed()
+    # Workers return single images, batched below in the main process, so that the batches do
+    # not depend on num_workers.
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                     per_worker_buffer_size=batch_size))
+  it = it.filter(skip_filter)
+  return it.batch(batch_size, drop_remainder=drop_remainder)
