@@ -32,20 +32,51 @@ class QuantizerOutput(NamedTuple):
 
 
 def straight_through(z: jax.Array, q: jax.Array) -> jax.Array:
-  """Returns q in the forward pass with an identity gradient to z (Bengio et al. 2013)."""
-  return z + jax.lax.stop_gradient(q - z)
+  """q in the forward pass, bit for bit, with an identity gradient to z and none to q.
+
+  sg(q) + (z − sg(z)) adds an exact zero; the textbook z + sg(q − z) rounds twice and is an ulp
+  off q for most z, which would break `indices_to_codes(encode(z)) == quantized`.
+  (Bengio et al. 2013.)
+  """
+  return jax.lax.stop_gradient(q) + (z - jax.lax.stop_gradient(z))
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / ||x|| along the last axis, in f32; an all-zero vector stays zero."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+def _entropy_of_counts(counts: jax.Array) -> jax.Array:
+  probs = counts / jnp.maximum(counts.sum(), 1.0)
+  return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
+
+
+# Up to this many codes usage comes from an O(K) histogram; above it, from a sort of the ids.
+DENSE_USAGE_LIMIT = 2**18
 
 
 def code_usage_metrics(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
   """Fraction of the K codes hit by `indices`, and the perplexity exp(H) of their histogram.
 
-  Memory is O(K): fine up to 2^18 codes. Quantizers whose effective codebook is a product
-  of smaller ones (LFQ/BSQ bits, FSQ levels) may pass per-factor histograms instead.
+  K <= 2^18: an O(K) histogram. Larger K (FSQ level products, LFQ/BSQ beyond 18 bits): the same
+  two figures, exactly, from a sort of the N ids (O(N) memory); usage is then at most N / K.
   """
-  counts = jnp.zeros((codebook_size,), jnp.float32).at[indices.reshape(-1)].add(1.0)
-  probs = counts / jnp.maximum(counts.sum(), 1.0)
-  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
-  return {"usage": jnp.mean((counts > 0).astype(jnp.float32)), "perplexity": jnp.exp(entropy)}
+  ids = indices.reshape(-1)
+  if codebook_size <= DENSE_USAGE_LIMIT:
+    counts = jnp.zeros((codebook_size,), jnp.float32).at[ids].add(1.0)
+    used = jnp.sum((counts > 0).astype(jnp.float32))
+  elif ids.shape[0] == 0:
+    counts, used = jnp.zeros((1,), jnp.float32), jnp.float32(0.0)
+  else:
+    ids = jnp.sort(ids)
+    starts = jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]])
+    run = jnp.cumsum(starts) - 1  # which distinct id each sorted entry belongs to
+    counts = jax.ops.segment_sum(jnp.ones(ids.shape, jnp.float32), run,
+                                 num_segments=ids.shape[0])
+    used = jnp.sum(starts).astype(jnp.float32)
+  return {"usage": used / float(codebook_size),
+          "perplexity": jnp.exp(_entropy_of_counts(counts))}
 
 
 def check_last_dim(z: jax.Array, expected: int, *, name: str = "z") -> None:

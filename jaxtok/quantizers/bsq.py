@@ -6,15 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtok.quantizers.base import QuantizerOutput, check_indices, check_last_dim
+from jaxtok.quantizers.base import QuantizerOutput, check_indices, check_last_dim, l2_normalize
 from jaxtok.quantizers.lfq import (
     binary_quantizer_output, codes_to_indices, indices_to_codes, sign_codes, validate_bits)
-
-
-def l2_normalize(z: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """z / max(||z||, eps) along the last axis, f32 (z = 0 maps to 0)."""
-  z = z.astype(jnp.float32)
-  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), axis=-1, keepdims=True), eps**2))
 
 
 class BSQ(nn.Module):

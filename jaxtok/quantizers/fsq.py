@@ -12,8 +12,6 @@ from jaxtok.quantizers.base import (
 
 # Index maths is int32; ids must fit in [0, 2^31).
 MAX_CODEBOOK_SIZE = 2**31
-# Above this many codes the O(K) histogram of `code_usage_metrics` gives way to a sort.
-DENSE_USAGE_LIMIT = 2**18
 
 
 def _levels_f32(levels: Sequence[int]) -> jax.Array:
@@ -84,33 +82,6 @@ def indices_to_codes(indices: jax.Array, levels: Sequence[int]) -> jax.Array:
   return (digits.astype(jnp.float32) - half_width) / half_width
 
 
-def _sorted_code_usage_metrics(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
-  # Exact usage and perplexity from a sort of the N ids: O(N) memory whatever K is.
-  ids = jnp.sort(indices.reshape(-1))
-  n = ids.shape[0]
-  if n == 0:
-    return {"usage": jnp.float32(0.0), "perplexity": jnp.float32(1.0)}
-  starts = jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]])
-  run = jnp.cumsum(starts) - 1  # which distinct id each sorted entry belongs to
-  counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), run, num_segments=n)
-  probs = counts / n
-  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
-  return {"usage": jnp.sum(starts).astype(jnp.float32) / float(codebook_size),
-          "perplexity": jnp.exp(entropy)}
-
-
-def usage_metrics(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
-  """"usage" and "perplexity" of ids over a codebook of any size up to 2^31.
-
-  K <= 2^18: `base.code_usage_metrics` (an O(K) histogram). Larger K (FSQ levels products, LFQ
-  and BSQ beyond 18 bits): the same two figures, exactly, from a sort of the N ids (O(N log N)
-  time, O(N) memory). Usage is then at most N / K: an honest, small number.
-  """
-  if codebook_size <= DENSE_USAGE_LIMIT:
-    return code_usage_metrics(indices, codebook_size)
-  return _sorted_code_usage_metrics(indices, codebook_size)
-
-
 class FSQ(nn.Module):
   """Finite scalar quantization: bound each channel, round it, no codebook and no loss.
 
@@ -118,7 +89,7 @@ class FSQ(nn.Module):
   k / (L_i // 2) in [-1, 1]; indices [...] int32, mixed radix with channel 0 least significant
   (index = sum_i digit_i * prod(levels[:i]), digit_i = code_i * (L_i // 2) + L_i // 2).
   loss is 0.0: FSQ needs no auxiliary loss. metrics: "usage" and "perplexity" over all
-  prod(levels) codes (see `usage_metrics` for K > 2^18).
+  prod(levels) codes (see `base.code_usage_metrics` for K > 2^18).
 
   The paper's recommended levels: 2^8 -> (8, 6, 5), 2^10 -> (8, 5, 5, 5),
   2^12 -> (7, 5, 5, 5, 5), 2^14 -> (8, 8, 8, 6, 5), 2^16 -> (8, 8, 8, 5, 5, 5).
@@ -149,7 +120,7 @@ class FSQ(nn.Module):
     codes = fsq_quantize(z, self.levels, self.eps)
     indices = codes_to_indices(jax.lax.stop_gradient(codes), self.levels)
     metrics = {k: v.astype(jnp.float32)
-               for k, v in usage_metrics(indices, self.codebook_size).items()}
+               for k, v in code_usage_metrics(indices, self.codebook_size).items()}
     return QuantizerOutput(quantized=codes.astype(z.dtype), indices=indices,
                            loss=jnp.zeros((), jnp.float32), metrics=metrics)
 

@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtok.quantizers.base import QuantizerOutput, check_indices, check_last_dim
-from jaxtok.quantizers.fsq import usage_metrics
+from jaxtok.quantizers.base import (
+    QuantizerOutput, check_indices, check_last_dim, code_usage_metrics, straight_through)
 
 MAX_BITS = 31  # ids are int32
 
@@ -37,15 +37,6 @@ def indices_to_codes(indices: jax.Array, bits: int, value: float = 1.0) -> jax.A
   indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
   bit = jnp.right_shift(indices, jnp.arange(bits, dtype=jnp.int32)) & 1
   return sign_codes(bit, value)
-
-
-def straight_through_exact(z: jax.Array, q: jax.Array) -> jax.Array:
-  """q forward, bit for bit, with an identity gradient to z.
-
-  `base.straight_through`'s z + sg(q − z) rounds twice and is off by an ulp for most z when
-  q = ±1/√B or ±scale; q + (z − sg(z)) adds an exact zero, so quantized == indices_to_codes.
-  """
-  return q + (z - jax.lax.stop_gradient(z))
 
 
 def _entropy(probs: jax.Array, axis: int = -1) -> jax.Array:
@@ -101,9 +92,9 @@ def binary_quantizer_output(z: jax.Array, q: jax.Array, z_dtype, *, commitment: 
       z, value=value, temperature=temperature, group_bits=group_bits)
   loss = (commitment_weight * commitment
           + entropy_weight * (per_sample - diversity_gamma * codebook))
-  metrics = dict(usage_metrics(indices, 2**q.shape[-1]), per_sample_entropy=per_sample,
+  metrics = dict(code_usage_metrics(indices, 2**q.shape[-1]), per_sample_entropy=per_sample,
                  codebook_entropy=codebook, commitment=commitment)
-  return QuantizerOutput(quantized=straight_through_exact(z, q).astype(z_dtype), indices=indices,
+  return QuantizerOutput(quantized=straight_through(z, q).astype(z_dtype), indices=indices,
                          loss=loss.astype(jnp.float32),
                          metrics={k: v.astype(jnp.float32) for k, v in metrics.items()})
 
@@ -120,7 +111,7 @@ class LFQ(nn.Module):
   `binary_code_entropies` for which is exact (per-sample) and which the factorized estimate
   (codebook). Defaults follow MAGVIT-v2 as commonly reproduced (commitment 0.25, entropy 0.1,
   gamma 1, temperature 0.01). The loss is computed in evaluation too (validation losses).
-  metrics: usage, perplexity (exact at any B; see fsq.usage_metrics), per_sample_entropy,
+  metrics: usage, perplexity (exact at any B; see base.code_usage_metrics), per_sample_entropy,
   codebook_entropy (the factorized estimate), commitment (unweighted).
   """
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxtok.quantizers import lfq
-from jaxtok.quantizers.bsq import BSQ, l2_normalize
+from jaxtok.quantizers.base import l2_normalize
+from jaxtok.quantizers.bsq import BSQ
 
 
 def test_codes_are_unit_vectors_of_scale_one_over_sqrt_d_with_lfq_ids():

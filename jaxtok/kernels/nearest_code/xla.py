@@ -34,18 +34,23 @@ def nearest_code_xla(x_ND: jax.Array, codebook_KD: jax.Array, *, metric: str,
     bias = jnp.pad(bias, (0, pad), constant_values=jnp.inf)
     weight = jnp.pad(weight, (0, pad))
 
-  def step(carry, tile):
-    best, best_idx = carry
-    t, e_BD, b_B, w_B = tile
+  def tile_min(t, e_BD, b_B, w_B):
     s_NB = reference.scores(x_ND, e_BD, b_B, w_B)
     j = jnp.argmin(s_NB, axis=-1)  # lowest index within the tile on ties
     m = jnp.take_along_axis(s_NB, j[:, None], axis=-1)[:, 0]
-    better = m < best  # strict: an earlier tile keeps a tie
-    return (jnp.where(better, m, best),
-            jnp.where(better, t * block_k + j.astype(jnp.int32), best_idx)), None
+    return m, t * block_k + j.astype(jnp.int32)
 
-  init = (jnp.full((n,), jnp.inf, jnp.float32), jnp.zeros((n,), jnp.int32))
+  def step(carry, tile):
+    best, best_idx = carry
+    m, j = tile_min(*tile)
+    better = m < best  # strict: an earlier tile keeps a tie
+    return (jnp.where(better, m, best), jnp.where(better, j, best_idx)), None
+
   xs = (jnp.arange(tiles, dtype=jnp.int32), codebook_KD.reshape(tiles, block_k, -1),
         bias.reshape(tiles, block_k), weight.reshape(tiles, block_k))
-  (best, idx), _ = jax.lax.scan(step, init, xs)
+  # The first tile seeds the carry: it then has the same type (shard_map's varying axes
+  # included) as the step's output, which a constant initial carry would not.
+  best, idx = tile_min(*(a[0] for a in xs))
+  if tiles > 1:
+    (best, idx), _ = jax.lax.scan(step, (best, idx), tuple(a[1:] for a in xs))
   return idx, reference.finish_dist(best, x_ND, metric)
