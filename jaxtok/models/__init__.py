@@ -1,0 +1,1 @@
+"""Assembled models: tokenizers (encoder -> quantizer -> decoder), generators, LPIPS, discriminators."""

@@ -1,0 +1,277 @@
+"""CNN VQGAN tokenizer (Esser et al. 2021) in the taming / LlamaGen layout, with any quantizer.
+
+encoder -> quant_conv (1x1, z_channels -> quantizer.input_dim) -> quantizer
+        -> post_quant_conv (1x1, quantizer.code_dim -> z_channels) -> decoder
+
+Module and parameter names follow LlamaGen's tokenizer/tokenizer_image/vq_model.py, with
+PyTorch's list index turned into a suffix: `encoder.conv_blocks.2.res.1.conv1.weight` is our
+`encoder/conv_blocks_2/res_1/conv1/kernel` (transposed [kh, kw, in, out]), `mid.1` is `mid_1`,
+GroupNorm `weight` is `scale`. The decoder's `conv_blocks_0` is, as in LlamaGen, the lowest
+resolution level. LlamaGen's `quantize.embedding.weight` lives in the quantizer submodule.
+
+MaskGIT's VQGAN (google-research/maskgit nets/vqgan_tokenizer.py) is the same network with the
+options of the "maskgit-f16" preset. Its Flax params use auto names instead: encoder
+`Conv_0` (conv_in), `ResBlock_{n}` numbered across levels (then the two middle blocks), each
+with `GroupNorm_0/1`, `Conv_0/1` (conv1/2) and `Conv_2` (nin_shortcut), then `GroupNorm_0`
+(norm_out) and `Conv_1` (conv_out); decoder `Conv_0` (conv_in), middle then level
+`ResBlock_{n}`, `Conv_{1..4}` (the upsample convs, lowest resolution first), `GroupNorm_0`,
+`Conv_5` (conv_out); quantizer `codebook`. Kernels are already HWIO: conversion is renaming.
+
+Shape letters: B batch, H W image size, h w latent grid (H/f, W/f), D quantizer input_dim,
+E quantizer code_dim, Z z_channels.
+"""
+
+import dataclasses
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtok.layers.conv import (AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
+                                conv2d, swish)
+from jaxtok.models.tokenizers.tokenizer import (Tokenizer, TokenizerOutput, check_tokens,
+                                                prepare_images, spatial_shape)
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANConfig:
+  """Architecture of the encoder/decoder (the quantizer is a separate module)."""
+
+  ch: int = 128  # base channels; every width (ch * mult) must be divisible by 32 (GroupNorm)
+  ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # width multiplier per level; f = 2**(levels-1)
+  num_res_blocks: int = 2  # ResnetBlocks per encoder level
+  decoder_res_blocks: int = 3  # per decoder level: taming / LlamaGen num_res_blocks + 1
+  attention: bool = True  # AttnBlock after each lowest-level ResnetBlock and mid-block
+  z_channels: int = 256  # channels between encoder/decoder and quant_conv/post_quant_conv
+  # 1x1 quant_conv / post_quant_conv around the quantizer. False (MaskGIT): the encoder emits
+  # quantizer.input_dim channels and the decoder takes quantizer.code_dim; z_channels unused.
+  quant_conv: bool = True
+  encoder_out_kernel: int = 3  # kernel of encoder.conv_out (MaskGIT: 1)
+  conv_bias: bool = True  # biases in ResnetBlock convs and encoder.conv_in (MaskGIT: none)
+  shortcut_from_output: bool = False  # MaskGIT's ResBlock quirk, see layers.conv.ResnetBlock
+  downsample: Literal["conv", "avgpool"] = "conv"  # encoder resampling (MaskGIT: avgpool)
+  in_channels: int = 3  # image channels in
+  out_channels: int = 3  # image channels out
+
+  @property
+  def downsample_factor(self) -> int:
+    return 2 ** (len(self.ch_mult) - 1)
+
+
+# Named sizes. The quantizer each was published with is given in the comment; build it and
+# pass it as `quantizer=` (see VQGAN.from_preset).
+VQGAN_PRESETS: dict[str, VQGANConfig] = {
+    # LlamaGen VQ-16 (Sun et al. 2024): f16, VQ 16384 x 8 l2-normalized; 71,883,403 params.
+    "llamagen-vq16": VQGANConfig(),
+    # LlamaGen VQ-8: f8, VQ 16384 x 8 l2-normalized; 70,109,835 params.
+    "llamagen-vq8": VQGANConfig(ch_mult=(1, 2, 2, 4)),
+    # MaskGIT VQGAN (Chang et al. 2022): f16, VQ 1024 x 256 (not normalized), no attention;
+    # 54,515,587 params.
+    "maskgit-f16": VQGANConfig(
+        decoder_res_blocks=2, attention=False, quant_conv=False, encoder_out_kernel=1,
+        conv_bias=False, shortcut_from_output=True, downsample="avgpool"),
+    # For tests and CPU demos: f2 (two levels), about 0.6 M params.
+    "tiny": VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, decoder_res_blocks=1,
+                        z_channels=32),
+}
+
+
+class _Level(nn.Module):
+  """One resolution level: ResnetBlocks (each followed by an AttnBlock if `attention`),
+  then an optional Downsample / Upsample. Children are named as LlamaGen's."""
+
+  features: int
+  num_blocks: int
+  attention: bool
+  resample: Literal["down", "up"] | None
+  config: VQGANConfig
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    cfg = self.config
+    for j in range(self.num_blocks):
+      x_BHWC = ResnetBlock(self.features, conv_bias=cfg.conv_bias,
+                           shortcut_from_output=cfg.shortcut_from_output, dtype=self.dtype,
+                           name=f"res_{j}")(x_BHWC)
+      if self.attention:
+        x_BHWC = AttnBlock(dtype=self.dtype, name=f"attn_{j}")(x_BHWC)
+    if self.resample == "down":
+      x_BHWC = Downsample(cfg.downsample, dtype=self.dtype, name="downsample")(x_BHWC)
+    elif self.resample == "up":
+      x_BHWC = Upsample(dtype=self.dtype, name="upsample")(x_BHWC)
+    return x_BHWC
+
+
+def _middle(x_BHWC, config: VQGANConfig, dtype: Dtype) -> jax.Array:
+  """ResnetBlock, AttnBlock (if config.attention), ResnetBlock: `mid_0`, `mid_1`, ..."""
+  width = x_BHWC.shape[-1]
+  blocks = ["res", "attn", "res"] if config.attention else ["res", "res"]
+  for i, kind in enumerate(blocks):
+    if kind == "res":
+      x_BHWC = ResnetBlock(width, conv_bias=config.conv_bias,
+                           shortcut_from_output=config.shortcut_from_output, dtype=dtype,
+                           name=f"mid_{i}")(x_BHWC)
+    else:
+      x_BHWC = AttnBlock(dtype=dtype, name=f"mid_{i}")(x_BHWC)
+  return x_BHWC
+
+
+class Encoder(nn.Module):
+  """Images [B, H, W, in_channels] -> features [B, H/f, W/f, out_features]."""
+
+  config: VQGANConfig
+  out_features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    cfg = self.config
+    levels = len(cfg.ch_mult)
+    h = conv2d(cfg.ch, 3, use_bias=cfg.conv_bias, dtype=self.dtype, in_axis=None,
+               name="conv_in")(x_BHWC)
+    for i, mult in enumerate(cfg.ch_mult):
+      h = _Level(cfg.ch * mult, cfg.num_res_blocks, cfg.attention and i == levels - 1,
+                 "down" if i < levels - 1 else None, cfg, self.dtype,
+                 name=f"conv_blocks_{i}")(h)
+    h = _middle(h, cfg, self.dtype)
+    h = swish(GroupNorm(dtype=self.dtype, name="norm_out")(h))
+    # Without quant_conv this emits the quantizer's few channels: keep them unsplit.
+    return conv2d(self.out_features, cfg.encoder_out_kernel, dtype=self.dtype,
+                  out_axis="conv_out" if cfg.quant_conv else None, name="conv_out")(h)
+
+
+class Decoder(nn.Module):
+  """Latent features [B, h, w, C] -> images [B, h*f, w*f, out_channels] (compute dtype)."""
+
+  config: VQGANConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z_BhwC: jax.Array) -> jax.Array:
+    cfg = self.config
+    levels = len(cfg.ch_mult)
+    h = conv2d(cfg.ch * cfg.ch_mult[-1], 3, dtype=self.dtype,
+               in_axis="conv_in" if cfg.quant_conv else None, name="conv_in")(z_BhwC)
+    h = _middle(h, cfg, self.dtype)
+    for n, i in enumerate(reversed(range(levels))):  # n: LlamaGen's index, 0 = lowest res
+      h = _Level(cfg.ch * cfg.ch_mult[i], cfg.decoder_res_blocks,
+                 cfg.attention and i == levels - 1, "up" if i > 0 else None, cfg, self.dtype,
+                 name=f"conv_blocks_{n}")(h)
+    h = swish(GroupNorm(dtype=self.dtype, name="norm_out")(h))
+    return conv2d(cfg.out_channels, 3, dtype=self.dtype, out_axis=None, name="conv_out")(h)
+
+
+class VQGAN(Tokenizer):
+  """CNN encoder-quantizer-decoder tokenizer; see the module docstring and tokenizer.py.
+
+  Indices are whatever `quantizer.encode` returns on the [B, h, w, D] latent grid: [B, h, w]
+  for one codebook, [B, h, w, L] / [B, h, w, G] for residual / grouped quantizers.
+  """
+
+  quantizer: nn.Module  # any jaxtok quantizer (input_dim, code_dim, codebook_size, encode, ...)
+  config: VQGANConfig = VQGANConfig()
+  dtype: Dtype = jnp.float32  # compute dtype; params are f32; the quantizer always sees f32
+
+  @classmethod
+  def from_preset(cls, name: str, *, quantizer: nn.Module, dtype: Dtype = jnp.float32,
+                  **overrides) -> "VQGAN":
+    """VQGAN_PRESETS[name] with VQGANConfig fields replaced by `overrides` (e.g. ch=32)."""
+    if name not in VQGAN_PRESETS:
+      raise ValueError(f"unknown VQGAN preset {name!r}; known: {sorted(VQGAN_PRESETS)}")
+    config = dataclasses.replace(VQGAN_PRESETS[name], **overrides)
+    return cls(quantizer=quantizer, config=config, dtype=dtype)
+
+  def setup(self):
+    cfg = self.config
+    widths = [cfg.ch * m for m in cfg.ch_mult]
+    if any(w % 32 for w in widths):
+      raise ValueError(f"every level width ch * ch_mult must be divisible by 32 (GroupNorm "
+                       f"groups); got ch={cfg.ch}, ch_mult={cfg.ch_mult} -> {widths}")
+    latent_out = cfg.z_channels if cfg.quant_conv else self.quantizer.input_dim
+    self.encoder = Encoder(cfg, latent_out, dtype=self.dtype)
+    if cfg.quant_conv:
+      # The quantizer's side is thin (a few channels): replicated, never split by the mesh.
+      self.quant_conv = conv2d(self.quantizer.input_dim, 1, dtype=self.dtype, out_axis=None)
+      self.post_quant_conv = conv2d(cfg.z_channels, 1, dtype=self.dtype, in_axis=None)
+    self.decoder = Decoder(cfg, dtype=self.dtype)
+
+  @property
+  def downsample_factor(self) -> int:
+    return self.config.downsample_factor
+
+  def token_shape(self, image_shape) -> tuple[int, int]:
+    """(H/f, W/f) for image_shape (H, W), (H, W, C) or (B, H, W, C)."""
+    height, width = spatial_shape(image_shape)
+    f = self.downsample_factor
+    if height % f or width % f:
+      raise ValueError(f"image H={height} and W={width} must both be divisible by the "
+                       f"downsampling factor {f}; got image_shape {tuple(image_shape)}")
+    return height // f, width // f
+
+  def _latents(self, images) -> jax.Array:
+    """Checked images -> f32 latents z [B, h, w, D] for the quantizer."""
+    x_BHWC = prepare_images(images, factor=self.downsample_factor,
+                            channels=self.config.in_channels)
+    z = self.encoder(x_BHWC.astype(self.dtype))
+    if self.config.quant_conv:
+      z = self.quant_conv(z)
+    return z.astype(jnp.float32)
+
+  def encode(self, images, *, return_latents: bool = False):
+    """Images [B, H, W, 3] -> indices [B, h, w, ...] (and quantized latents [B, h, w, E])."""
+    z_BhwD = self._latents(images)
+    if return_latents:
+      out = self.quantizer(z_BhwD, train=False)
+      return out.indices, out.quantized
+    return self.quantizer.encode(z_BhwD)
+
+  def decode_latents(self, latents) -> jax.Array:
+    """Quantized codes [B, h, w, E] -> images [B, h*f, w*f, 3] float32."""
+    shape = tuple(np.shape(latents))
+    code_dim = self.quantizer.code_dim
+    if len(shape) != 4 or shape[-1] != code_dim:
+      raise ValueError(f"latents must be [B, h, w, {code_dim}] (the quantizer's code_dim); "
+                       f"got shape {shape}")
+    if not jnp.issubdtype(latents.dtype, jnp.floating):
+      raise TypeError(f"latents must be floating point; got dtype {latents.dtype}")
+    h = latents.astype(self.dtype)
+    if self.config.quant_conv:
+      h = self.post_quant_conv(h)
+    return self.decoder(h).astype(jnp.float32)
+
+  def decode(self, indices, *, image_shape=None) -> jax.Array:
+    """Indices [B, h, w, ...] (as from encode) -> images [B, h*f, w*f, 3] float32.
+
+    Any grid decodes (the network is convolutional); pass `image_shape` to also require the
+    grid of images of that size.
+    """
+    if self.quantizer.codebook_size < 1:
+      raise TypeError(f"{type(self.quantizer).__name__} has no discrete tokens (codebook_size "
+                      f"0): decode its continuous latents with decode_latents")
+    shape = tuple(np.shape(indices))
+    if image_shape is not None:
+      grid = self.token_shape(image_shape)
+    elif len(shape) >= 3:
+      grid = shape[1:3]
+    else:
+      raise ValueError(f"indices must be a token grid [B, h, w, ...]; got shape {shape} "
+                       f"(reshape flat sequences to [B, *token_shape(image_shape)])")
+    check_tokens(indices, token_shape=grid, codebook_size=self.quantizer.codebook_size)
+    codes = self.quantizer.indices_to_codes(jnp.asarray(indices))
+    expected = (*shape[:3], self.quantizer.code_dim)
+    if codes.shape != expected:
+      raise ValueError(
+          f"indices of shape {shape} do not match the quantizer's index layout: they map to "
+          f"codes of shape {codes.shape}, expected {expected}. Pass indices shaped like "
+          f"encode's output ([B, h, w], or [B, h, w, L] for residual / grouped quantizers)")
+    return self.decode_latents(codes)
+
+  def __call__(self, images, *, train: bool = False) -> TokenizerOutput:
+    """Reconstruction [B, H, W, 3] f32 and the QuantizerOutput, for training."""
+    quantizer_output = self.quantizer(self._latents(images), train=train)
+    return TokenizerOutput(self.decode_latents(quantizer_output.quantized), quantizer_output)
