@@ -29,7 +29,7 @@ def test_training_samples_have_the_posterior_mean_and_variance():
   sample, n, var = np.asarray(sample, np.float64), len(keys), np.array([0.25, 4.0])
   assert np.all(np.abs(sample.mean(0) - [0.5, -1.0]) < 4 * np.sqrt(var / n))  # 4 standard errors
   np.testing.assert_allclose(sample.var(0), var, rtol=0.1)
-  assert len(np.unique(sample[:, 0])) == n  # every key draws anew
+  assert len(np.unique(sample[:, 0])) > 0.99 * n  # every key draws anew (f32 ties are rare)
 
 
 def test_deterministic_mode_returns_the_mean_without_loss():
