@@ -10,8 +10,8 @@ Logical axis names on parameters: "embed", "mlp", "heads", "kv", "norm", and "la
 stacked layer axis of a scanned stack.
 
 KV-cache decoding (causal stacks): pass `cache` (a `KVCache` stacked [L, B, S, N, H], from
-`Transformer.init_cache`) and `cache_index` (how many tokens it holds) and the call returns
-(x, updated cache) instead of x; see `Attention.decode`.
+`KVCache.zeros(..., num_layers=L)`) and `cache_index` (how many tokens it holds) and the call
+returns (x, updated cache) instead of x; see `Attention.decode`.
 """
 
 import dataclasses
@@ -173,16 +173,6 @@ class Transformer(nn.Module):
   final_norm: bool = True  # a norm after the last block (pre-norm stacks need one somewhere)
   scan_layers: bool = True
 
-  def init_cache(self, batch_size: int, max_length: int, width: int,
-                 dtype=None) -> KVCache:
-    """An empty KV cache [L, B, S, N, H] for decoding (dtype defaults to the compute dtype).
-
-    Reads only fields, so it works on an unbound module.
-    """
-    head_dim = self.head_dim or width // self.num_heads
-    return KVCache.zeros(batch_size, max_length, self.num_heads, head_dim,
-                         dtype or self.dtype, num_layers=self.num_layers)
-
   @nn.compact
   def __call__(self, x_BTE: jax.Array, *, positions: jax.Array | None = None,
                mask: jax.Array | None = None, deterministic: bool = True,
@@ -195,8 +185,9 @@ class Transformer(nn.Module):
     (rng stream "dropout"). zero_qk: bool [B, T] or [T], True where q and k are zeroed
     (see Attention.project_qkv).
 
-    Decoding: with `cache` (stacked [L, B, S, N, H], see init_cache) and `cache_index`
-    (tokens already cached), x holds the T new tokens and the call returns (x, new cache).
+    Decoding: with `cache` (stacked [L, B, S, N, H]: `KVCache.zeros(..., num_layers=L)`) and
+    `cache_index` (tokens already cached), x holds the T new tokens and the call returns
+    (x, new cache).
     """
     block_kwargs = {name: getattr(self, name) for name in _BLOCK_FIELDS}
     if cache is not None:
