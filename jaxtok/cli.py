@@ -1,4 +1,8 @@
-"""The `jaxtok` command."""
+"""The `jaxtok` command: train, eval, export, reconstruct, tokenize and demo.
+
+Config overrides follow the config file: `jaxtok train --config configs/demo/tokenizer.py
+--workdir runs/x --config.train.steps=100 --config.optimizer.lr=3e-4`.
+"""
 
 import argparse
 import os
@@ -6,40 +10,144 @@ import sys
 
 import jaxtok
 
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-def _demo(args: argparse.Namespace) -> None:
-  from jaxtok import demo  # imported here: it pulls in jax, which `--help` should not wait for
 
-  demo.run(workdir=args.workdir, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+def _config(args: argparse.Namespace):
+  from jaxtok.config import load_config
+
+  return load_config(args.config, args.overrides)
+
+
+def _train(args):
+  from jaxtok import train
+
+  result = train.train(_config(args), args.workdir)
+  print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+
+
+def _eval(args):
+  from jaxtok import train
+
+  result = train.evaluate(_config(args), args.workdir, step=args.step)
+  print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+
+
+def _export(args):
+  from jaxtok.train import export
+
+  print(f"exported to {export.export(args.workdir, args.out, step=args.step, use_ema=not args.no_ema)}")
+
+
+def _load(path: str):
+  tok = jaxtok.load(path)
+  return tok, int(tok.config.data.image_size)
+
+
+def _reconstruct(args):
+  import jax
+
+  from jaxtok.eval import reconstruct
+
+  tok, size = _load(args.model)
+  roundtrip = jax.jit(lambda images: tok.model.apply(tok.variables, images).reconstruction)
+  result = reconstruct.reconstruct(roundtrip, args.images, args.out, image_size=size,
+                                   batch_size=args.batch_size)
+  print(f"{len(result['images'])} images: PSNR {result['mean_psnr']:.2f} dB, "
+        f"SSIM {result['mean_ssim']:.4f}; wrote {args.out}")
+
+
+def _tokenize(args):
+  import jax
+
+  from jaxtok.data import tokens
+
+  tok, size = _load(args.model)
+  encode = jax.jit(lambda images: tok.model.apply(tok.variables, images, method="encode"))
+  meta = tokens.tokenize_folder(
+      encode, args.images, args.out, image_size=size,
+      codebook_size=tok.model.quantizer.codebook_size, tokenizer_config=tok.config.to_dict(),
+      num_shards=args.shards, batch_size=args.batch_size, max_skipped=args.max_skipped)
+  print(f"{meta['num_records']} images -> tokens {meta['token_shape']} in "
+        f"{len(meta['shards'])} shard(s) under {args.out} ({len(meta['skipped'])} skipped)")
+
+
+def _demo(args):
+  from jaxtok import demo
+
+  demo.run(workdir=args.workdir, quick=args.quick)
+
+
+def _budget(text: str) -> int | float:
+  value = float(text)
+  if value < 0 or (value >= 1 and value != int(value)):
+    raise argparse.ArgumentTypeError(f"a count >= 0 or a fraction in [0, 1); got {text!r}")
+  return int(value) if value >= 1 or text.isdigit() else value
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="jaxtok", description="JAX/Flax visual tokenizers and token-based image generators.")
+      prog="jaxtok", allow_abbrev=False,
+      description="JAX/Flax visual tokenizers and token-based image generators.")
   parser.add_argument("--version", action="version", version=f"jaxtok {jaxtok.__version__}")
   commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-  demo = commands.add_parser(
-      "demo", help="train small patch tokenizers with several quantizers on bundled photos (CPU)")
-  demo.add_argument("--workdir", default="runs/demo", help="where metrics and pictures go")
-  demo.add_argument("--steps", type=int, default=400, help="training steps per quantizer")
-  demo.add_argument("--batch-size", type=int, default=32, help="crops per step")
-  demo.add_argument("--seed", type=int, default=0)
-  demo.set_defaults(func=_demo)
+
+  def command(name, func, help_text):
+    p = commands.add_parser(name, help=help_text, allow_abbrev=False)
+    p.set_defaults(func=func)
+    return p
+
+  for name, func, help_text in (("train", _train, "train (or resume) a tokenizer in WORKDIR"),
+                                ("eval", _eval, "evaluate WORKDIR's checkpoint on held-out data")):
+    p = command(name, func, help_text)
+    p.add_argument("--config", required=True, help="config file, e.g. configs/demo/tokenizer.py"
+                   " (file.py:arg passes arg to get_config); then --config.x.y=value overrides")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics and pictures")
+    if name == "eval":
+      p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+
+  p = command("export", _export, "write WORKDIR's tokenizer (params + config) for jaxtok.load")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--no-ema", action="store_true", help="export the raw, not the EMA, params")
+
+  for name, func, help_text in (
+      ("reconstruct", _reconstruct, "images in -> reconstructions and PSNR/SSIM out"),
+      ("tokenize", _tokenize, "images in -> ArrayRecord token shards with metadata")):
+    p = command(name, func, help_text)
+    p.add_argument("--model", required=True, help="a directory made by `jaxtok export`")
+    p.add_argument("--images", required=True, help="an image folder (or, to reconstruct, a file)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    if name == "tokenize":
+      p.add_argument("--shards", type=int, default=1)
+      p.add_argument("--max-skipped", type=_budget, default=0.01,
+                     help="unreadable files allowed: a count (3) or a fraction (0.01)")
+
+  p = command("demo", _demo, "train a small tokenizer and compare quantizers on bundled photos")
+  p.add_argument("--workdir", default="runs/demo", help="where checkpoints, metrics, pictures go")
+  p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
   if args.command is None:
     parser.print_help()
     return 0
-  for name in ("steps", "batch_size"):
+  overrides = [a[len("--config."):] for a in extra if a.startswith("--config.")]
+  unknown = [a for a in extra if not a.startswith("--config.")]
+  if unknown or (overrides and args.command not in ("train", "eval")):
+    parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+  args.overrides = overrides
+  for name in ("batch_size", "shards"):
     if getattr(args, name, 1) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
   try:
     args.func(args)
-  except (ValueError, TypeError, FileNotFoundError) as e:  # user errors: one line, no traceback
+  except (ValueError, TypeError, FileNotFoundError, KeyError) as e:  # one line, no traceback
     if os.environ.get("JAXTOK_TRACEBACK"):
       raise
     print(f"jaxtok {args.command}: error: {e} (set JAXTOK_TRACEBACK=1 for the traceback)",

@@ -21,7 +21,7 @@ def test_short_demo_writes_metrics_and_pictures(tmp_path):
   quantizers = {"vq": VectorQuantizer(codebook_size=64, dim=4, use_ema=True,
                                       data_init="kmeans++", restart_threshold=0.05),
                 "fsq": FSQ(levels=(4, 4, 4))}
-  results = demo.run(workdir=str(tmp_path), steps=30, batch_size=8, quantizers=quantizers)
+  results = demo.compare_quantizers(str(tmp_path), steps=30, batch_size=8, quantizers=quantizers)
   saved = json.loads((tmp_path / "metrics.json").read_text())
   assert saved == results and set(saved) == {"vq", "fsq"}
   for name, r in saved.items():
