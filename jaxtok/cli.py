@@ -1,4 +1,4 @@
-"""The `jaxtok` command: train, eval, export, reconstruct, tokenize and demo.
+"""The `jaxtok` command: train, eval, export, reconstruct, tokenize, sample and demo.
 
 Config overrides follow the config file: `jaxtok train --config configs/demo/tokenizer.py
 --workdir runs/x --config.train.steps=100 --config.optimizer.lr=3e-4`.
@@ -22,14 +22,24 @@ def _config(args: argparse.Namespace):
 def _train(args):
   from jaxtok import train
 
-  result = train.train(_config(args), args.workdir)
+  config = _config(args)
+  if config.get("trainer") == "generator":  # configs/demo/generator.py and the like
+    from jaxtok.train import generator_trainer
+
+    result = generator_trainer.train(config, args.workdir)
+  else:
+    result = train.train(config, args.workdir)
   print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
 
 
 def _eval(args):
   from jaxtok import train
 
-  result = train.evaluate(_config(args), args.workdir, step=args.step)
+  config = _config(args)
+  if config.get("trainer") == "generator":
+    raise ValueError("jaxtok eval evaluates tokenizers; for a generator (trainer='generator') "
+                     "use `jaxtok sample` and look at its grid")
+  result = train.evaluate(config, args.workdir, step=args.step)
   print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
 
 
@@ -72,6 +82,18 @@ def _tokenize(args):
         f"{len(meta['shards'])} shard(s) under {args.out} ({len(meta['skipped'])} skipped)")
 
 
+def _sample(args):
+  from jaxtok.train import generator_trainer
+
+  generator = generator_trainer.load_generator(args.model)
+  tok = jaxtok.load(args.tokenizer)
+  result = generator_trainer.sample_images(
+      generator, tok, args.out, num=args.num, seed=args.seed, class_id=args.class_id,
+      cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  print(f"{len(result['tokens'])} samples of {result['tokens'].shape[1:]} tokens -> "
+        f"{args.out}/samples.png and {args.out}/samples.npz")
+
+
 def _demo(args):
   from jaxtok import demo
 
@@ -97,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=func)
     return p
 
-  for name, func, help_text in (("train", _train, "train (or resume) a tokenizer in WORKDIR"),
+  for name, func, help_text in (("train", _train,
+                                 "train (or resume) a tokenizer or generator in WORKDIR"),
                                 ("eval", _eval, "evaluate WORKDIR's checkpoint on held-out data")):
     p = command(name, func, help_text)
     p.add_argument("--config", required=True, help="config file, e.g. configs/demo/tokenizer.py"
@@ -125,7 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--max-skipped", type=_budget, default=0.01,
                      help="unreadable files allowed: a count (3) or a fraction (0.01)")
 
-  p = command("demo", _demo, "train a small tokenizer and compare quantizers on bundled photos")
+  p = command("sample", _sample, "draw token grids from a generator, decode them to a PNG grid")
+  p.add_argument("--model", required=True, help="a generator workdir or its `jaxtok export`")
+  p.add_argument("--tokenizer", required=True, help="the tokenizer's `jaxtok export` directory")
+  p.add_argument("--out", required=True, help="writes samples.png and samples.npz here")
+  p.add_argument("--num", type=int, default=16, help="number of samples")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--class-id", type=int, default=None, help="class of every sample (default: "
+                 "the null class, i.e. unconditional)")
+  p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale")
+  p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+  p.add_argument("--top-k", type=int, default=0, help="0: off")
+  p.add_argument("--top-p", type=float, default=1.0, help="1: off")
+
+  p = command("demo", _demo, "train a small tokenizer, compare quantizers and train a tiny "
+              "generator on bundled photos")
   p.add_argument("--workdir", default="runs/demo", help="where checkpoints, metrics, pictures go")
   p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
   return parser

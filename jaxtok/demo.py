@@ -1,4 +1,5 @@
-"""`jaxtok demo` (`make demo`): train a small tokenizer, then compare quantizers, on the CPU.
+"""`jaxtok demo` (`make demo`): train a small tokenizer, then compare quantizers, then train a
+tiny generator on the tokenizer's tokens, on the CPU.
 
 Part 1 trains the CNN VQGAN of configs/demo/tokenizer.py on random 32×32 crops of
 scikit-image's colour photos with the real trainer (progress bar, checkpoints, metrics),
@@ -9,6 +10,10 @@ Part 2 trains four small patch tokenizers, one per quantizer family at 10 bits p
 (4×4 RGB patches through an MLP encoder, the quantizer, an MLP decoder), and tokenizes a held-out
 photo with each: PSNR, code usage and perplexity go to `quantizers/metrics.json` and the
 reconstructions side by side to `quantizers/recon.png`.
+
+Part 3 tokenizes bundled crops with part 1's tokenizer (`generator/tokens/`), trains the tiny
+GPT of configs/demo/generator.py on them (`generator/`), and samples a grid of images:
+`samples.png` and their token ids `samples.npz`.
 """
 
 import glob
@@ -209,12 +214,50 @@ def train_tokenizer_demo(workdir: str, overrides: tuple[str, ...] = ()) -> dict:
   return result
 
 
+GENERATOR_CONFIG = os.path.join(os.path.dirname(DEMO_CONFIG), "generator.py")
+
+
+def train_generator_demo(workdir: str, tokenizer_export: str, *, num_crops: int = 2048,
+                         overrides: tuple[str, ...] = ()) -> dict:
+  """Part 3: tokenizes `num_crops` bundled crops with the exported tokenizer, trains
+  configs/demo/generator.py on the tokens in workdir/generator, and writes a grid of decoded
+  samples to workdir/samples.png (token ids: workdir/samples.npz)."""
+  from jaxtok.config import load_config  # pylint: disable=g-import-not-at-top
+  from jaxtok.data import tokens  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import export, generator_trainer  # pylint: disable=g-import-not-at-top
+
+  tok = export.load(tokenizer_export)
+  size = int(tok.config.data.image_size)
+  run_dir = os.path.join(workdir, "generator")
+  crops_dir, tokens_dir = os.path.join(run_dir, "crops"), os.path.join(run_dir, "tokens")
+  os.makedirs(crops_dir, exist_ok=True)
+  for i, crop in enumerate(samples.random_crops(num_crops, size, seed=1)):
+    Image.fromarray(crop).save(os.path.join(crops_dir, f"{i:05d}.png"))
+  meta = tokens.tokenize_folder(jax.jit(tok.encode), crops_dir, tokens_dir, image_size=size,
+                                codebook_size=tok.model.quantizer.codebook_size,
+                                tokenizer_config=tok.config.to_dict(), batch_size=64)
+  config = load_config(GENERATOR_CONFIG, (f"data.path={tokens_dir}", *overrides))
+  print(f"part 3: a GPT ({config.model.depth} layers, width {config.model.width}) on "
+        f"{meta['num_records']} token grids {meta['token_shape']}, {config.train.steps} steps")
+  result = generator_trainer.train(config, run_dir)
+  generator_trainer.sample_images(generator_trainer.load_generator(run_dir), tok, workdir,
+                                  num=16, seed=0, top_k=64)
+  loss = f"final loss {result['loss']:.3f}" if "loss" in result else "already trained"
+  print(f"{loss} (uniform: {math.log(config.model.codebook_size):.3f}); wrote "
+        f"{workdir}/samples.png and {workdir}/samples.npz")
+  return result
+
+
 def run(workdir: str = "runs/demo", quick: bool = False) -> dict:
-  """The whole demo; `quick` shortens both parts to a few steps (a smoke test)."""
+  """The whole demo; `quick` shortens every part to a few steps (a smoke test)."""
   os.makedirs(workdir, exist_ok=True)
   overrides = ("train.steps=8", "eval.every_steps=8", "checkpoint.every_steps=8",
                "data.num_train=64", "data.num_eval=16") if quick else ()
   tokenizer = train_tokenizer_demo(workdir, overrides)
   print("\npart 2: four quantizer families at 10 bits per token")
   compared = compare_quantizers(os.path.join(workdir, "quantizers"), steps=20 if quick else 400)
-  return {"tokenizer": tokenizer, "quantizers": compared}
+  print()
+  generator = train_generator_demo(
+      workdir, os.path.join(workdir, "tokenizer", "export"), num_crops=64 if quick else 2048,
+      overrides=("train.steps=8", "checkpoint.every_steps=8") if quick else ())
+  return {"tokenizer": tokenizer, "quantizers": compared, "generator": generator}

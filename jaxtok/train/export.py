@@ -69,7 +69,7 @@ def load(path: str, *, dtype: str = "float32") -> Loaded:
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   model = state_lib.build_tokenizer(
-      config.model, quantizers.build(state_lib._plain(config.quantizer)),  # pylint: disable=protected-access
+      config.model, quantizers.build(state_lib.plain(config.quantizer)),
       state_lib.DTYPES[dtype])
   variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "variables"))
   variables = jax.tree.map(jax.numpy.asarray, dict(variables))

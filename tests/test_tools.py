@@ -1,0 +1,88 @@
+"""tools/aot_compile.py and tools/bench/train_step.py run as scripts, in subprocesses."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+AOT = ROOT / "tools" / "aot_compile.py"
+BENCH = ROOT / "tools" / "bench" / "train_step.py"
+TINY = "configs/demo/tokenizer.py:tiny"
+
+
+def run(script: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=240)
+
+
+def memory_figure(stdout: str, name: str) -> int:
+  match = re.search(rf"^\s+{name}\s+([\d,]+) bytes", stdout, re.MULTILINE)
+  assert match, f"no {name!r} line in:\n{stdout}"
+  return int(match.group(1).replace(",", ""))
+
+
+def test_aot_compile_prints_memory_and_sharding_of_a_fake_8_device_mesh():
+  result = run(AOT, "--config", TINY, "--devices", "8", "--mesh", "2,2,2",
+               "--config.train.batch_size=16")
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert "mesh: {'data': 2, 'fsdp': 2, 'tensor': 2} = 8 of 8 cpu devices" in out
+  # The override reached the step: 16 images split over data x fsdp = 4.
+  assert "batch: 16 x 16x16x3 uint8 (per device (4, 16, 16, 3))" in out
+  for name in ("argument", "output", "temp"):
+    assert memory_figure(out, name) > 0
+  # The donated state aliases the outputs; the peak adds the temporaries to the arguments.
+  assert memory_figure(out, "alias") > 0
+  assert memory_figure(out, "peak estimate") >= (memory_figure(out, "argument")
+                                                 + memory_figure(out, "temp"))
+  # Kernels whose dims divide the mesh axes are split over fsdp and tensor.
+  assert re.search(r"conv\S*/kernel\s+\(3, 3, 32, 32\)\s+P\(None, None, 'fsdp', 'tensor'\)",
+                   out)
+  params = re.search(r"^params\s+\d+\s+([\d,]+)", out, re.MULTILINE)
+  assert params and int(params.group(1).replace(",", "")) > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mesh", "3,1,1"], "must be divisible by data x fsdp = 3"),
+    (["--mesh", "4,4,1"], "needs 16 devices; 8 are available"),
+    (["--mesh", "2,2"], "--mesh must be three comma-separated sizes"),
+    (["--mesh", "2,2,2", "--config.train.nope=1"], "config has no field 'train.nope'"),
+])
+def test_aot_compile_bad_mesh_or_config_is_a_one_line_error(args, message):
+  result = run(AOT, "--config", TINY, "--devices", "8", *args)
+  assert result.returncode == 1
+  assert message in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert result.stderr.startswith("aot_compile.py: error:")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu installed")
+def test_aot_compile_topology_without_libtpu_says_what_is_missing():
+  result = run(AOT, "--config", TINY, "--mesh", "2,2,2", "--topology", "v5e:2x2")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "aot_compile.py: --topology v5e:2x2 needs libtpu (pip install 'jax[tpu]'), which is not "
+      "installed; use --devices N to compile for fake CPU devices"]
+
+
+def test_train_step_bench_cpu_mode_prints_a_row_and_writes_results(tmp_path):
+  out = tmp_path / "bench.md"
+  result = run(BENCH, "--only", "tokenizer-l1", "--steps", "2", "--warmup", "1",
+               "--out", str(out))
+  assert result.returncode == 0, result.stderr
+  rows = [line for line in result.stdout.splitlines() if line.startswith("| tokenizer-l1 |")]
+  assert len(rows) == 1, result.stdout
+  cells = [c.strip() for c in rows[0].strip("|").split("|")]
+  assert cells[1].endswith("L1 + VQ") and cells[2] == "4" and cells[3] == "bf16"
+  assert float(cells[4]) > 0 and float(cells[5]) > 0  # time (ms), images/s
+  assert "reduced sizes" in result.stdout
+  assert rows[0] in out.read_text()
+  data = json.loads(out.with_suffix(".json").read_text())
+  assert data["device"].startswith("cpu") and data["jax"]
+  assert [r["case"] for r in data["rows"]] == ["tokenizer-l1"]

@@ -1,0 +1,138 @@
+"""The tokenizer trainer end to end: what the reference run leaves in its workdir, the
+held-out evaluation with LPIPS, model building from configs, the abort after K skips, and
+the step's shapes for other config variants (bf16, LPIPS, StyleGAN, ViT + FSQ)."""
+
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.demo import tokenizer as demo_config
+from jaxtok.train import guards, state, tokenizer_trainer
+from jaxtok.train.metrics import read_jsonl
+
+TRAIN_KEYS = {"loss", "rec_loss", "quantizer_loss", "codebook_loss", "commitment_loss",
+              "g_adv_loss", "adaptive_weight", "disc_factor", "d_loss", "logits_real",
+              "logits_fake", "psnr", "usage", "perplexity", "grad_norm", "d_grad_norm", "lr",
+              "d_lr", "images_per_sec", "skipped", "skipped_total", "skipped_in_a_row"}
+
+
+def test_reference_run_writes_metrics_grids_events_and_checkpoints(reference_run):
+  workdir, result = reference_run
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+  assert TRAIN_KEYS <= set(train[0]), TRAIN_KEYS - set(train[0])
+  assert all(np.isfinite(r["loss"]) and r["skipped"] == 0 for r in train)
+  assert train[-1]["rec_loss"] < train[0]["rec_loss"]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [3, 6]
+  assert {"psnr", "ssim", "usage", "perplexity"} <= set(evals[-1])
+  assert result["step"] == 6 and result["psnr"] == pytest.approx(evals[-1]["psnr"])
+  for step in (3, 6):  # 4 originals over their reconstructions, 2 px gaps
+    grid = Image.open(os.path.join(workdir, "recon", f"step_{step:07d}.png"))
+    assert grid.size == (4 * 16 + 3 * 2, 2 * 16 + 2)
+  (events,) = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.path.getsize(os.path.join(workdir, "tensorboard", events)) > 1000
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
+
+
+def test_evaluate_reports_psnr_ssim_lpips_and_usage(reference_run, tmp_path):
+  reference, result = reference_run
+  workdir = shutil.copytree(reference, tmp_path / "run")
+  config = demo_config.get_config("tiny")
+  config.eval.lpips = True
+  metrics = tokenizer_trainer.evaluate(config, str(workdir))
+  assert metrics["psnr"] == pytest.approx(result["psnr"], rel=1e-5)
+  assert metrics["ssim"] == pytest.approx(result["ssim"], rel=1e-4, abs=1e-5)
+  assert metrics["usage"] == pytest.approx(result["usage"])
+  assert 0.0 < metrics["lpips"] < 1.0
+  last = read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
+  assert last["split"] == "eval" and last["lpips"] == pytest.approx(metrics["lpips"])
+
+
+def test_evaluate_without_checkpoint_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint under .*: train first"):
+    tokenizer_trainer.evaluate(demo_config.get_config("tiny"), str(tmp_path))
+
+
+def test_build_tokenizer_rejects_unknown_names_and_fields():
+  config = demo_config.get_config("tiny")
+  config.model.name = "tokenizers.nothing"
+  with pytest.raises(ValueError, match="model.name must be a module under jaxtok.models"):
+    state.build_parts(config)
+  config = demo_config.get_config("tiny")
+  config.model.widht = 3
+  with pytest.raises(ValueError, match="model.widht is not a field of VQGAN"):
+    state.build_parts(config)
+  config = demo_config.get_config("tiny")
+  config.loss.disc_weight = 0.0
+  assert state.build_parts(config).discriminator is None
+
+
+def test_train_aborts_after_k_non_finite_steps_in_a_row(tmp_path, monkeypatch, caplog):
+  """The loop's wiring: a step function that only ever skips ends the run at step K."""
+
+  def always_skipping(parts, config, mesh, shardings):
+    def step(state, batch, lpips_params):
+      del batch, lpips_params
+      new = state.replace(step=state.step + 1, skipped=state.skipped + 1,
+                          skipped_in_a_row=state.skipped_in_a_row + 1)
+      return new, {"loss": jnp.float32(jnp.nan), "skipped": jnp.int32(1),
+                   "skipped_total": new.skipped, "skipped_in_a_row": new.skipped_in_a_row}
+    return jax.jit(step, donate_argnums=(0,))
+
+  monkeypatch.setattr(tokenizer_trainer, "jit_train_step", always_skipping)
+  config = demo_config.get_config("tiny")
+  config.train.max_skips_in_a_row = 3
+  config.eval.every_steps = 0
+  with pytest.raises(guards.NonFiniteError, match="stopped at step 3: 3 consecutive"):
+    tokenizer_trainer.train(config, str(tmp_path))
+  rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  assert rows[0]["loss"] is None and rows[0]["skipped"] == 1
+  assert "step 1: non-finite loss or gradient, update skipped" in caplog.text
+  # Step 2's checkpoint holds the last finite state (skipped steps keep it); none after.
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+
+
+@pytest.mark.parametrize("variant", ["bf16_lpips", "no_gan", "stylegan_non_saturating",
+                                     "vit_fsq"])
+def test_train_step_traces_for_config_variants(variant):
+  """Shapes only (no compile): each variant's step returns a state of the same layout with
+  f32 parameters, and scalar metrics."""
+  config = demo_config.get_config("tiny")
+  if variant == "bf16_lpips":
+    config.train.compute_dtype = "bfloat16"
+    config.loss.perceptual_weight = 1.0
+    config.loss.adaptive_weight = False
+  elif variant == "no_gan":
+    config.loss.disc_weight = 0.0
+  elif variant == "stylegan_non_saturating":
+    config.discriminator = dict(name="StyleGANDiscriminator", base_features=4, max_features=8)
+    config.loss.gan_loss = config.loss.gen_loss = "non_saturating"
+  else:
+    config.model = dict(name="tokenizers.vit", encoder_size="tiny", decoder_size="tiny",
+                        patch_size=4, image_size=16)
+    config.quantizer = dict(name="fsq.FSQ", levels=(8, 5, 5))
+    config.loss.adaptive_weight_layer = "decoder_head/out/kernel"
+  parts = state.build_parts(config)
+  abstract = jax.eval_shape(lambda k: nn.meta.unbox(state.init_state(parts, config, k)),
+                            state.make_key(0))
+  lpips = {}
+  if config.loss.perceptual_weight > 0:
+    from jaxtok.models.lpips import load_lpips_params  # pylint: disable=g-import-not-at-top
+    lpips = jax.eval_shape(load_lpips_params)
+  batch = {"image": jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.uint8)}
+  new, metrics = jax.eval_shape(tokenizer_trainer.make_train_step(parts, config), abstract,
+                                batch, lpips)
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(new) == shapes(abstract)
+  assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
+  assert all(m.shape == () for m in jax.tree.leaves(metrics))
+  assert ("perceptual_loss" in metrics) == (variant == "bf16_lpips")
+  assert ("d_loss" in metrics) == (variant != "no_gan")
