@@ -32,6 +32,7 @@ class SimVQ(nn.Module):
   beta: float = 0.25  # commitment weight
   codebook_weight: float = 1.0  # codebook-loss weight (the loss that trains W)
   estimator: str = "ste"  # "ste" (straight-through) or "rotation" (rotation trick)
+  nearest_code_impl: str = "auto"  # kernels.nearest_code impl: "auto", "xla", "pallas_gpu", ...
 
   def __post_init__(self):
     validate_choice("metric", self.metric, METRICS)
@@ -71,7 +72,7 @@ class SimVQ(nn.Module):
     lead = z.shape[:-1]
     q, idx, codebook_loss, commitment_loss = quantize(
         self._to_code_space(z).reshape(-1, self.dim), self.get_codebook(),
-        metric=self.metric, estimator=self.estimator)
+        metric=self.metric, estimator=self.estimator, impl=self.nearest_code_impl)
     loss = self.codebook_weight * codebook_loss + self.beta * commitment_loss
     metrics = {**code_usage_metrics(idx, self.codebook_size),
                "codebook_loss": codebook_loss, "commitment_loss": commitment_loss}
@@ -82,7 +83,8 @@ class SimVQ(nn.Module):
   def encode(self, z: jax.Array) -> jax.Array:
     """Token ids [...] int32 of z [..., D]."""
     check_last_dim(z, self.dim)
-    return nearest_code(self._to_code_space(z), self.get_codebook(), metric=self.metric)[0]
+    return nearest_code(self._to_code_space(z), self.get_codebook(), metric=self.metric,
+                        impl=self.nearest_code_impl)[0]
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes [..., D] f32 of ids [...]; equal to `quantized` of the z that gave the ids."""

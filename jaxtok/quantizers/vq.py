@@ -64,7 +64,8 @@ def estimate(z: jax.Array, q: jax.Array, estimator: str) -> jax.Array:
   raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
 
 
-def quantize(z_ND: jax.Array, codebook_KC: jax.Array, *, metric: str, estimator: str):
+def quantize(z_ND: jax.Array, codebook_KC: jax.Array, *, metric: str, estimator: str,
+             impl: str = "auto"):
   """Nearest code of every row, its estimator output and the two VQ loss terms (all f32).
 
   z and codebook must already be in code space (projected, and l2-normalized for "cosine").
@@ -72,7 +73,7 @@ def quantize(z_ND: jax.Array, codebook_KC: jax.Array, *, metric: str, estimator:
   codebook_loss = mean ||sg(z) − q||² (trains the codebook) and commitment_loss =
   mean ||z − sg(q)||² (trains the encoder), both means over all N·C entries.
   """
-  idx, _ = nearest_code(z_ND, codebook_KC, metric=metric)
+  idx, _ = nearest_code(z_ND, codebook_KC, metric=metric, impl=impl)
   q = jnp.take(codebook_KC.astype(jnp.float32), idx, axis=0)
   z = z_ND.astype(jnp.float32)
   codebook_loss = jnp.mean(jnp.square(sg(z) - q))
@@ -216,6 +217,7 @@ class VectorQuantizer(nn.Module):
   entropy_temperature: float = 0.01  # softmax temperature of the entropy penalty
   estimator: str = "ste"  # "ste" (straight-through) or "rotation" (rotation trick)
   codebook_init_scale: float = 1.0  # std of the random normal initial codebook
+  nearest_code_impl: str = "auto"  # kernels.nearest_code impl: "auto", "xla", "pallas_gpu", ...
 
   def __post_init__(self):
     validate_choice("metric", self.metric, METRICS)
@@ -345,7 +347,8 @@ class VectorQuantizer(nn.Module):
       self._data_init(zc)
     codebook = self.get_codebook()
     q, idx, codebook_loss, commitment_loss = quantize(
-        zc, codebook, metric=self.metric, estimator=self.estimator)
+        zc, codebook, metric=self.metric, estimator=self.estimator,
+        impl=self.nearest_code_impl)
     loss = self.beta * commitment_loss
     if not self.use_ema:
       loss = loss + self.codebook_weight * codebook_loss
@@ -369,7 +372,8 @@ class VectorQuantizer(nn.Module):
     """Token ids [...] int32 of z [..., D]."""
     check_last_dim(z, self.dim)
     zc = self._to_code_space(z)
-    return nearest_code(zc, self.get_codebook(), metric=self.metric)[0]
+    return nearest_code(zc, self.get_codebook(), metric=self.metric,
+                        impl=self.nearest_code_impl)[0]
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes [..., D] f32 of ids [...]; equal to `quantized` of the z that gave the ids."""

@@ -371,3 +371,13 @@ def test_errors_speak_to_the_user():
   ve = ema.init(jax.random.key(0), jnp.zeros((2, 4)))
   with pytest.raises(ValueError, match="mutable"):
     ema.apply(ve, jnp.zeros((2, 4)), train=True)
+
+
+def test_nearest_code_impl_is_a_field():
+  z = jax.random.normal(jax.random.key(0), (3, 7, 4))
+  variables = VectorQuantizer(codebook_size=40, dim=4).init(jax.random.key(1), z)
+  got = {impl: VectorQuantizer(codebook_size=40, dim=4, nearest_code_impl=impl).apply(
+      variables, z).indices for impl in ("xla", "reference")}
+  np.testing.assert_array_equal(got["xla"], got["reference"])
+  with pytest.raises(ValueError, match="impl must be one of"):
+    VectorQuantizer(codebook_size=40, dim=4, nearest_code_impl="cuda").apply(variables, z)
