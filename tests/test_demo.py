@@ -31,3 +31,20 @@ def test_short_demo_writes_metrics_and_pictures(tmp_path):
     assert r["heldout_psnr"] > 12.0, (name, r)
   grid = Image.open(tmp_path / "recon.png")
   assert grid.size == (3 * demo.HELDOUT_SIDE, demo.HELDOUT_SIDE)
+
+
+def test_quick_demo_end_to_end(tmp_path):
+  """`jaxtok demo --quick`: every part runs and writes what the README promises."""
+  import jaxtok
+
+  results = demo.run(workdir=str(tmp_path), quick=True)
+  for name in ("metrics.json", "recon.png", "samples.png", "samples.npz",
+               "quantizers/metrics.json", "quantizers/recon.png"):
+    assert (tmp_path / name).is_file(), name
+  tokenizer = json.loads((tmp_path / "metrics.json").read_text())
+  assert tokenizer["step"] == 8 and np.isfinite(tokenizer["psnr"]) and tokenizer["usage"] > 0
+  assert set(results["quantizers"]) == {"vq", "fsq", "lfq", "rvq"}
+  samples = np.load(tmp_path / "samples.npz")["tokens"]
+  loaded = jaxtok.load(str(tmp_path / "tokenizer" / "export"))
+  assert samples.dtype == np.int32 and samples.min() >= 0
+  assert samples.max() < loaded.model.quantizer.codebook_size
