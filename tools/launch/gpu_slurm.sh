@@ -21,7 +21,10 @@ fi
 config=$1 workdir=$2
 shift 2
 python=${JAXTOK_PYTHON:-python3}
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# The whole list is read (no `| head`): with pipefail, head's early exit would fail the script
+# by SIGPIPE whenever scontrol is still writing.
+nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+head_node=${nodes%%$'\n'*}
 export JAX_COORDINATOR_ADDRESS="$head_node:${JAXTOK_COORDINATOR_PORT:-12345}"
 
 # One task per GPU: each sees only its own device, so jax numbers it 0 in every process.
