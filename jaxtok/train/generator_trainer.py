@@ -259,7 +259,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
           writer.write(step, values)
           result = {"loss": float(values["loss"]), "accuracy": float(values["accuracy"])}
           t_log, step_log = now, step
-        stopping = _any_process(stop.requested)
+        stopping = guards.any_process(stop.requested)
         if step % config.checkpoint.every_steps == 0 or step == end or stopping:
           ckpt.save(step, state, data_iterator=data_iter, config=config)
         if stopping:
@@ -271,13 +271,6 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
     ckpt.close()
     writer.close()
   return {"step": step, "stopped_by": stop.signal_name if stop else None, **result}
-
-
-def _any_process(flag: bool) -> bool:
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 # ------------------------------------------------------------------ loading and sampling

@@ -330,7 +330,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
           result = run_eval(config, state, eval_source, mesh, eval_step, lpips_params,
                             step=step, writer=writer)
           writer.write(step, result, split="eval")
-        stopping = _any_process(stop.requested)
+        stopping = guards.any_process(stop.requested)
         if step % config.checkpoint.every_steps == 0 or step == end or stopping:
           ckpt.save(step, state, data_iterator=data_iter, config=config)
         if stopping:
@@ -342,14 +342,6 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
     ckpt.close()
     writer.close()
   return {"step": step, "stopped_by": stop.signal_name if stop else None, **result}
-
-
-def _any_process(flag: bool) -> bool:
-  """True if `flag` is set on any process (a signal may reach only some hosts)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def evaluate(config, workdir: str, *, step: int | None = None) -> dict[str, float]:
