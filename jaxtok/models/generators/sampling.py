@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtok.quantizers.base import check_indices
+
 CfgSchedule = Literal["constant", "linear"]
 
 
@@ -150,13 +152,7 @@ def check_labels(labels, num_classes: int, *, name: str = "labels") -> None:
   if num_classes <= 0:
     raise ValueError(
         f"this model is unconditional (num_classes=0): pass {name}=None; got shape {shape}")
-  if isinstance(labels, jax.core.Tracer):
-    return
-  values = np.asarray(labels)
-  if values.size and (values.min() < 0 or values.max() >= num_classes):
-    raise ValueError(
-        f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}); got values in "
-        f"[{values.min()}, {values.max()}]")
+  check_indices(labels, num_classes, name=name)  # range, on concrete arrays
 
 
 def check_token_grid(tokens, token_shape: tuple[int, ...], num_ids: int, *,
@@ -170,12 +166,7 @@ def check_token_grid(tokens, token_shape: tuple[int, ...], num_ids: int, *,
         f"{name} must have shape {expected} (this model's token_shape); got {shape}")
   if not jnp.issubdtype(dtype, jnp.integer):
     raise TypeError(f"{name} must be integer token ids; got dtype {dtype}")
-  if isinstance(tokens, jax.core.Tracer):
-    return
-  values = np.asarray(tokens)
-  if values.size and (values.min() < 0 or values.max() >= num_ids):
-    raise ValueError(
-        f"{name} must lie in [0, {num_ids}); got values in [{values.min()}, {values.max()}]")
+  check_indices(tokens, num_ids, name=name)  # range, on concrete arrays
 
 
 def resolve_batch(labels, num_samples: int | None, num_classes: int, config: SamplingConfig,
