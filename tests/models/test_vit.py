@@ -10,7 +10,7 @@ import pytest
 
 from jaxtok import quantizers as q
 from jaxtok.models.tokenizers.titok import TiTok
-from jaxtok.models.tokenizers.vit import VIT_SIZES, ViTSize, ViTTokenizer, patchify, unpatchify
+from jaxtok.models.tokenizers.vit import VIT_SIZES, ViTSize, ViTTokenizer
 from jaxtok.quantizers.fsq import FSQ
 from jaxtok.quantizers.vq import VectorQuantizer
 
@@ -49,14 +49,6 @@ def built(request):
 def fsq_built():
   """One model for the remaining tests (fewer compiles)."""
   return build("fsq")
-
-
-def test_patchify_round_trip():
-  x = images(1, (2, 8, 12, 3))
-  patches = patchify(x, 4)
-  assert patches.shape == (2, 6, 48)
-  np.testing.assert_array_equal(patches[0, 1], x[0, :4, 4:8].reshape(-1))
-  np.testing.assert_array_equal(unpatchify(patches, (2, 3), 4), x)
 
 
 def test_call_shapes_finite_in_eval_and_train(built):

@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxtok.layers.attention import Implementation
+from jaxtok.layers.embed import dense, embedding_param
+from jaxtok.layers.patchify import patchify, unpatchify
 from jaxtok.layers.transformer import Transformer
 from jaxtok.models.tokenizers.tokenizer import (
     Tokenizer, TokenizerOutput, check_tokens, prepare_images, spatial_shape)
-from jaxtok.models.tokenizers.vit import (
-    ViTSize, codes_from_indices, dense, embedding_param, patchify, resolve_size, unpatchify)
+from jaxtok.models.tokenizers.vit import ViTSize, codes_from_indices, resolve_size
 
 # TiTokEncoder/TiTokDecoder width, depth and heads; MLP ratio 4. "tiny" is for tests.
 TITOK_SIZES = {
@@ -78,15 +79,16 @@ class TiTokEncoder(nn.Module):
   def __call__(self, images_BHWC: jax.Array) -> jax.Array:
     width, t, k = self.size.width, self.grid**2, self.num_latent_tokens
     scale = width**-0.5  # the reference's init scale for its embeddings
-    x_BTE = dense(width, "patch_embed", self.dtype)(patchify(images_BHWC, self.patch_size))
-    b = x_BTE.shape[0]
+    b = images_BHWC.shape[0]
+    patches_BTP = patchify(images_BHWC, self.patch_size).reshape(b, t, -1)
+    x_BTE = dense(width, "patch_embed", self.dtype)(patches_BTP)
     cls_1E = embedding_param(self, "class_embedding", (1, width), scale)
     pos = embedding_param(self, "positional_embedding", (t + 1, width), scale)
     latents_KE = embedding_param(self, "latent_tokens", (k, width), scale)
     latent_pos = embedding_param(self, "latent_token_positional_embedding", (k, width), scale)
 
     x = jnp.concatenate([jnp.broadcast_to(cls_1E, (b, 1, width)),
-                         x_BTE.astype(jnp.float32)], axis=1) + pos
+                         x_BTE.astype(jnp.float32)], axis=1) + pos[None]
     latents = jnp.broadcast_to(latents_KE + latent_pos, (b, k, width))
     x = jnp.concatenate([x, latents], axis=1)  # [B, 1 + T + K, E]
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=jnp.float32, name="ln_pre")(x)
@@ -122,14 +124,16 @@ class TiTokDecoder(nn.Module):
         [tokens_BkE.astype(jnp.float32),
          jnp.broadcast_to(mask_token_E, (b, k_max - k, width))], axis=1)
     if keep_BK is not None:  # nested dropout: positions >= k_b become mask tokens
-      tokens_BKE = jnp.where(keep_BK[..., None], tokens_BKE, mask_token_E)
+      tokens_BKE = jnp.where(keep_BK[..., None], tokens_BKE, mask_token_E[None, None])
     queries = jnp.concatenate([jnp.broadcast_to(cls_1E, (b, 1, width)),
-                               jnp.broadcast_to(mask_token_E, (b, t, width))], axis=1) + pos
-    x = jnp.concatenate([queries, tokens_BKE + latent_pos], axis=1)  # [B, 1 + T + K, E]
+                               jnp.broadcast_to(mask_token_E, (b, t, width))], axis=1)
+    queries = queries + pos[None]
+    x = jnp.concatenate([queries, tokens_BKE + latent_pos[None]], axis=1)  # [B, 1 + T + K, E]
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=jnp.float32, name="ln_pre")(x)
     x = _stack(self.size, self.dtype, self.scan_layers, self.attention_implementation)(x)
     pixels_BTP = dense(self.patch_size**2 * 3, "ffn", self.dtype, ("embed", None))(x[:, 1:1 + t])
-    image = unpatchify(pixels_BTP.astype(jnp.float32), (self.grid, self.grid), self.patch_size)
+    pixels_BhwP = pixels_BTP.astype(jnp.float32).reshape(b, self.grid, self.grid, -1)
+    image = unpatchify(pixels_BhwP, self.patch_size)
     conv_out = nn.Conv(3, (3, 3), padding="SAME", name="conv_out",
                        kernel_init=nn.with_logical_partitioning(
                            nn.initializers.lecun_normal(), (None, None, None, None)),

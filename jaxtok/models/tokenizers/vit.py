@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 from jaxtok.layers import rope as rope_lib
 from jaxtok.layers.attention import Implementation
+from jaxtok.layers.embed import dense, embedding_param
+from jaxtok.layers.patchify import patchify, unpatchify
 from jaxtok.layers.transformer import Transformer
 from jaxtok.models.tokenizers.tokenizer import (
     Tokenizer, TokenizerOutput, check_divisible, check_tokens, prepare_images, spatial_shape)
@@ -52,39 +54,6 @@ def resolve_size(size: str | ViTSize, table: dict[str, ViTSize]) -> ViTSize:
   if size not in table:
     raise ValueError(f"unknown size {size!r}; choose one of {sorted(table)} or pass a ViTSize")
   return table[size]
-
-
-def patchify(images_BHWC: jax.Array, patch_size: int) -> jax.Array:
-  """[B, H, W, C] -> [B, h*w, p*p*C] (row-major patches, each flattened as (p, p, C))."""
-  b, height, width, c = images_BHWC.shape
-  p = patch_size
-  x = images_BHWC.reshape(b, height // p, p, width // p, p, c)
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (height // p) * (width // p), p * p * c)
-
-
-def unpatchify(patches_BTP: jax.Array, grid: tuple[int, int], patch_size: int) -> jax.Array:
-  """Inverse of `patchify`: [B, h*w, p*p*C] -> [B, h*p, w*p, C]."""
-  b, _, dim = patches_BTP.shape
-  (h, w), p = grid, patch_size
-  c = dim // (p * p)
-  x = patches_BTP.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h * p, w * p, c)
-
-
-def dense(features: int, name: str, dtype, names=(None, "embed")) -> nn.Dense:
-  """A Dense layer with logical axis names on its kernel and bias (for the tokenizers)."""
-  return nn.Dense(features, dtype=dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(
-                      nn.initializers.lecun_normal(), names),
-                  bias_init=nn.with_logical_partitioning(
-                      nn.initializers.zeros_init(), names[-1:]))
-
-
-def embedding_param(module: nn.Module, name: str, shape: Sequence[int], stddev: float):
-  """A learned embedding table [..., E] drawn from N(0, stddev^2); last axis "embed"."""
-  names = (None,) * (len(shape) - 1) + ("embed",)
-  return module.param(
-      name, nn.with_logical_partitioning(nn.initializers.normal(stddev), names), tuple(shape))
 
 
 def codes_from_indices(quantizer: nn.Module, indices: jax.Array, grid_rank: int) -> jax.Array:
@@ -195,7 +164,7 @@ class ViTTokenizer(Tokenizer):
     x_BTE = self._add_positions(x_BTE.astype(jnp.float32), "decoder")
     x_BTE = self.decoder(x_BTE, positions=self._rope_positions(h, w), deterministic=not train)
     patches = self.decoder_head(x_BTE).astype(jnp.float32)
-    return unpatchify(patches, (h, w), self.patch_size)
+    return unpatchify(patches.reshape(b, h, w, -1), self.patch_size)
 
   def __call__(self, images: jax.Array, *, train: bool = False) -> TokenizerOutput:
     quantized = self.quantizer(self._encode_z(images, train=train), train=train)
@@ -209,7 +178,8 @@ class ViTTokenizer(Tokenizer):
     b, height, width, _ = x.shape
     self._check_image_size(height, width, x.shape)
     h, w = height // self.patch_size, width // self.patch_size
-    x_BTE = self.patch_embed(patchify(x.astype(jnp.float32), self.patch_size))
+    patches_BTP = patchify(x.astype(jnp.float32), self.patch_size).reshape(b, h * w, -1)
+    x_BTE = self.patch_embed(patches_BTP)
     x_BTE = self._add_positions(x_BTE.astype(jnp.float32), "encoder")
     x_BTE = self.encoder(x_BTE, positions=self._rope_positions(h, w), deterministic=not train)
     return self.encoder_head(x_BTE).astype(jnp.float32).reshape(b, h, w, -1)
@@ -230,7 +200,8 @@ class ViTTokenizer(Tokenizer):
   def _add_positions(self, x_BTE: jax.Array, which: str) -> jax.Array:
     if self.positions != "learned":
       return x_BTE
-    return x_BTE + (self.encoder_pos if which == "encoder" else self.decoder_pos)
+    pos_TE = self.encoder_pos if which == "encoder" else self.decoder_pos
+    return x_BTE + pos_TE[None]
 
   def _rope_positions(self, h: int, w: int) -> jax.Array | None:
     return rope_lib.grid_positions(h, w) if self.positions == "rope2d" else None
