@@ -41,6 +41,11 @@ def straight_through(z: jax.Array, q: jax.Array) -> jax.Array:
   return jax.lax.stop_gradient(q) + (z - jax.lax.stop_gradient(z))
 
 
+def per_channel(v_D: jax.Array, ndim: int) -> jax.Array:
+  """v [D] as [1, ..., 1, D] of rank `ndim`: explicit broadcasting over x [..., D]."""
+  return jnp.reshape(v_D, (1,) * (ndim - 1) + (-1,))
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / ||x|| along the last axis, in f32; an all-zero vector stays zero."""
   x = x.astype(jnp.float32)

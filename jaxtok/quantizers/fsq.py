@@ -8,24 +8,26 @@ import jax
 import jax.numpy as jnp
 
 from jaxtok.quantizers.base import (
-    QuantizerOutput, check_indices, check_last_dim, code_usage_metrics, straight_through)
+    QuantizerOutput, check_indices, check_last_dim, code_usage_metrics, per_channel,
+    straight_through)
 
 # Index maths is int32; ids must fit in [0, 2^31).
 MAX_CODEBOOK_SIZE = 2**31
 
 
-def _levels_f32(levels: Sequence[int]) -> jax.Array:
-  return jnp.asarray(levels, jnp.float32)
+def _levels_f32(levels: Sequence[int], ndim: int) -> jax.Array:
+  return per_channel(jnp.asarray(levels, jnp.float32), ndim)
 
 
-def _half_width(levels: Sequence[int]) -> jax.Array:
+def _half_width(levels: Sequence[int], ndim: int) -> jax.Array:
   # L // 2: codes are k / (L // 2), k in [-(L//2), (L-1)//2]; even L is one step short of +1.
-  return jnp.asarray([l // 2 for l in levels], jnp.float32)
+  return per_channel(jnp.asarray([l // 2 for l in levels], jnp.float32), ndim)
 
 
-def _basis(levels: Sequence[int]) -> jax.Array:
+def _basis(levels: Sequence[int], ndim: int) -> jax.Array:
   # Mixed radix: digit 0 is the least significant, digit i weighs prod(levels[:i]).
-  return jnp.asarray([math.prod(levels[:i]) for i in range(len(levels))], jnp.int32)
+  return per_channel(
+      jnp.asarray([math.prod(levels[:i]) for i in range(len(levels))], jnp.int32), ndim)
 
 
 def validate_levels(levels: Sequence[int]) -> tuple[int, ...]:
@@ -49,7 +51,7 @@ def bound(z: jax.Array, levels: Sequence[int], eps: float = 1e-3) -> jax.Array:
   f32 in and out.
   """
   z = z.astype(jnp.float32)
-  levels_f = _levels_f32(levels)
+  levels_f = _levels_f32(levels, z.ndim)
   half_l = (levels_f - 1.0) * (1.0 - eps) / 2.0
   offset = jnp.where(levels_f % 2 == 1, 0.0, 0.5)
   shift = jnp.tan(offset / half_l)
@@ -64,21 +66,22 @@ def fsq_quantize(z: jax.Array, levels: Sequence[int], eps: float = 1e-3) -> jax.
   so the codes equal `indices_to_codes(codes_to_indices(codes))` bit for bit.
   """
   bounded = bound(z, levels, eps)
-  return straight_through(bounded, jnp.round(bounded)) / _half_width(levels)
+  return straight_through(bounded, jnp.round(bounded)) / _half_width(levels, bounded.ndim)
 
 
 def codes_to_indices(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
   """Mixed-radix ids [...] int32 of codes [..., len(levels)] (values k / (L // 2))."""
-  half_width = _half_width(levels)
+  half_width = _half_width(levels, codes.ndim)
   digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
-  return jnp.sum(digits * _basis(levels), axis=-1, dtype=jnp.int32)
+  return jnp.sum(digits * _basis(levels, codes.ndim), axis=-1, dtype=jnp.int32)
 
 
 def indices_to_codes(indices: jax.Array, levels: Sequence[int]) -> jax.Array:
   """Codes [..., len(levels)] f32 of int ids [...]; integer maths, exact for every id < 2^31."""
   indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
-  digits = (indices // _basis(levels)) % jnp.asarray(levels, jnp.int32)
-  half_width = _half_width(levels)
+  digits = (indices // _basis(levels, indices.ndim)) % per_channel(
+      jnp.asarray(levels, jnp.int32), indices.ndim)
+  half_width = _half_width(levels, indices.ndim)
   return (digits.astype(jnp.float32) - half_width) / half_width
 
 

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxtok.quantizers.base import (
-    QuantizerOutput, check_indices, check_last_dim, code_usage_metrics, straight_through)
+    QuantizerOutput, check_indices, check_last_dim, code_usage_metrics, per_channel,
+    straight_through)
 
 MAX_BITS = 31  # ids are int32
 
@@ -29,13 +30,15 @@ def codes_to_indices(codes: jax.Array) -> jax.Array:
   2^(B-1): its ids are these with the bit order reversed.)
   """
   weights = jnp.left_shift(jnp.int32(1), jnp.arange(codes.shape[-1], dtype=jnp.int32))
-  return jnp.sum((codes > 0).astype(jnp.int32) * weights, axis=-1, dtype=jnp.int32)
+  bits = (codes > 0).astype(jnp.int32)
+  return jnp.sum(bits * per_channel(weights, bits.ndim), axis=-1, dtype=jnp.int32)
 
 
 def indices_to_codes(indices: jax.Array, bits: int, value: float = 1.0) -> jax.Array:
   """Codes [..., bits] f32 in {-value, +value} of int ids [...] (inverse of codes_to_indices)."""
   indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
-  bit = jnp.right_shift(indices, jnp.arange(bits, dtype=jnp.int32)) & 1
+  shifts = per_channel(jnp.arange(bits, dtype=jnp.int32), indices.ndim)
+  bit = jnp.right_shift(indices, shifts) & 1
   return sign_codes(bit, value)
 
 

@@ -25,15 +25,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtok.quantizers.base import QuantizerOutput, check_last_dim
+from jaxtok.quantizers.base import QuantizerOutput, check_last_dim, per_channel
 from jaxtok.quantizers.fsq import FSQ, validate_levels
 
 
 class _Residual(nn.Module):
   """The residual loop shared by ResidualVQ and ResidualFSQ. It declares no fields; subclasses
   declare num_quantizers, quantize_dropout, dropout_min_levels and implement `_level(i)` (the
-  bound quantizer of level i) and `_scale(i)` (f32 scale of level i's input and output, or
-  None)."""
+  bound quantizer of level i) and `_scale(i, ndim)` (f32 per-channel scale of level i's input
+  and output, shaped [1, ..., 1, D] of rank ndim, or None)."""
 
   def _check_levels(self):
     if self.num_quantizers < 1:
@@ -45,11 +45,11 @@ class _Residual(nn.Module):
   def _level(self, i: int) -> nn.Module:
     raise NotImplementedError
 
-  def _scale(self, i: int) -> jax.Array | None:
+  def _scale(self, i: int, ndim: int) -> jax.Array | None:
     raise NotImplementedError
 
   def _run_level(self, i: int, r: jax.Array, train: bool, active) -> QuantizerOutput:
-    scale = self._scale(i)
+    scale = self._scale(i, r.ndim)
     x = r if scale is None else r / scale
     if active is True:
       out = self._level(i)(x, train=train)
@@ -104,7 +104,7 @@ class _Residual(nn.Module):
     total = None
     for i in range(indices.shape[-1]):
       c = self._level(i).indices_to_codes(indices[..., i]).astype(jnp.float32)
-      scale = self._scale(i)
+      scale = self._scale(i, c.ndim)
       c = c if scale is None else c * scale
       total = c if total is None else total + c
     return total
@@ -150,7 +150,7 @@ class ResidualVQ(_Residual):
   def _level(self, i: int) -> nn.Module:
     return self.quantizers[0 if self.shared_codebook else i]
 
-  def _scale(self, i: int) -> None:
+  def _scale(self, i: int, ndim: int) -> None:
     return None
 
 
@@ -192,5 +192,5 @@ class ResidualFSQ(_Residual):
   def _level(self, i: int) -> nn.Module:
     return self.fsq
 
-  def _scale(self, i: int) -> jax.Array:
-    return (jnp.asarray(self.levels, jnp.float32) - 1.0) ** -float(i)
+  def _scale(self, i: int, ndim: int) -> jax.Array:
+    return per_channel((jnp.asarray(self.levels, jnp.float32) - 1.0) ** -float(i), ndim)

@@ -135,7 +135,7 @@ def kmeans_plusplus(x_NC: jax.Array, k: int, key: jax.Array) -> jax.Array:
   x = sg(x_NC.astype(jnp.float32))
   keys = jax.random.split(key, k)
   first = x[jax.random.randint(keys[0], (), 0, x.shape[0])]
-  d2 = jnp.sum(jnp.square(x - first), axis=-1)
+  d2 = jnp.sum(jnp.square(x - first[None]), axis=-1)
   centers = jnp.zeros((k, x.shape[1]), jnp.float32).at[0].set(first)
 
   def body(i, carry):
@@ -143,7 +143,7 @@ def kmeans_plusplus(x_NC: jax.Array, k: int, key: jax.Array) -> jax.Array:
     # Once every distinct row is a centre all d2 are 0: then draw uniformly.
     logits = jnp.where(jnp.sum(d2) > 0, jnp.log(d2), 0.0)
     c = x[jax.random.categorical(keys[i], logits)]
-    return centers.at[i].set(c), jnp.minimum(d2, jnp.sum(jnp.square(x - c), axis=-1))
+    return centers.at[i].set(c), jnp.minimum(d2, jnp.sum(jnp.square(x - c[None]), axis=-1))
 
   return jax.lax.fori_loop(1, k, body, (centers, d2))[0]
 

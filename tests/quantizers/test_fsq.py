@@ -82,7 +82,7 @@ def test_straight_through_gradient_is_identity_through_rounding():
   levels = (4, 5, 8)
   z = jax.random.normal(jax.random.key(1), (6, 3))
   w = jax.random.normal(jax.random.key(2), (6, 3))
-  half_width = jnp.array([2.0, 2.0, 4.0])
+  half_width = jnp.array([[2.0, 2.0, 4.0]])
   got = jax.jit(jax.grad(lambda x: jnp.sum(w * FSQ(levels).apply({}, x).quantized)))(z)
   want = jax.jit(jax.grad(lambda x: jnp.sum(w * fsq.bound(x, levels) / half_width)))(z)
   np.testing.assert_allclose(got, want, rtol=1e-6)

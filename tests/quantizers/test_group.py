@@ -55,7 +55,7 @@ class _ScaledSign(nn.Module):
     if train:
       calls.value += 1
     q = scale * jnp.sign(z)
-    ids = jnp.sum((z > 0) * jnp.array([1, 2]), -1).astype(jnp.int32)
+    ids = jnp.sum((z > 0) * jnp.array([[1, 2]]), -1).astype(jnp.int32)
     return QuantizerOutput(q, ids, jnp.float32(1.0), {"usage": jnp.float32(0.5),
                                                       "perplexity": jnp.float32(2.0)})
 

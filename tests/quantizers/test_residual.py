@@ -81,7 +81,7 @@ def test_residual_fsq_scales_level_i_by_levels_minus_one_to_the_minus_i():
     got = model.apply({}, ids, method="indices_to_codes")
     zero = model.apply({}, jnp.zeros((40, i + 1), jnp.int32), method="indices_to_codes")
     np.testing.assert_allclose(got - zero,
-                               (fsq_codes - fsq_codes[0]) * (np.array(levels) - 1.0) ** -i,
+                               (fsq_codes - fsq_codes[:1]) * (np.array([levels]) - 1.0) ** -i,
                                rtol=1e-6, atol=1e-7)
 
 
