@@ -9,12 +9,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 
 def load(path: str, **kwargs):
-  """A tokenizer exported with `jaxtok export`: `(model, variables, config)` with encode/decode.
+  """A tokenizer or generator export (`jaxtok export`, `jaxtok convert`), ready to use.
 
-  >>> tok = jaxtok.load("runs/demo/export")
+  >>> tok = jaxtok.load("runs/demo/tokenizer/export")
   >>> ids = tok.encode(images)  # uint8 or [-1, 1] NHWC
   >>> recon = tok.decode(ids)
+  >>> gpt = jaxtok.load("runs/demo/generator/export")
+  >>> ids = gpt.sample(0, num_samples=4)
   """
-  from jaxtok.train import export  # imported here: `import jaxtok` stays light
+  from jaxtok import inference  # imported here: `import jaxtok` stays light
 
-  return export.load(path, **kwargs)
+  return inference.load(path, **kwargs)

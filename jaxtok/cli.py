@@ -1,7 +1,8 @@
 """The `jaxtok` command: train, eval, export, reconstruct, tokenize, sample and demo.
 
 Config overrides follow the config file: `jaxtok train --config configs/demo/tokenizer.py
---workdir runs/x --config.train.steps=100 --config.optimizer.lr=3e-4`.
+--workdir runs/x --config.train.steps=100 --config.optimizer.lr=3e-4`. Configs shipped in
+the package (configs/demo/...) are found from any directory.
 """
 
 import argparse
@@ -10,48 +11,60 @@ import sys
 
 import jaxtok
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
 def _config(args: argparse.Namespace):
   from jaxtok.config import load_config
 
   return load_config(args.config, args.overrides)
 
 
+def _print_result(result: dict) -> None:
+  print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+
+
 def _train(args):
   from jaxtok import train
 
-  config = _config(args)
-  if config.get("trainer") == "generator":  # configs/demo/generator.py and the like
-    from jaxtok.train import generator_trainer
-
-    result = generator_trainer.train(config, args.workdir)
-  else:
-    result = train.train(config, args.workdir)
-  print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+  _print_result(train.train(_config(args), args.workdir))
 
 
 def _eval(args):
   from jaxtok import train
 
-  config = _config(args)
-  if config.get("trainer") == "generator":
-    raise ValueError("jaxtok eval evaluates tokenizers; for a generator (trainer='generator') "
-                     "use `jaxtok sample` and look at its grid")
-  result = train.evaluate(config, args.workdir, step=args.step)
-  print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+  _print_result(train.evaluate(_config(args), args.workdir, step=args.step))
 
 
 def _export(args):
   from jaxtok.train import export
 
-  print(f"exported to {export.export(args.workdir, args.out, step=args.step, use_ema=not args.no_ema)}")
+  out = export.export(args.workdir, args.out, step=args.step, use_ema=not args.no_ema)
+  print(f"exported to {out}")
 
 
-def _load(path: str):
-  tok = jaxtok.load(path)
-  return tok, int(tok.config.data.image_size)
+def _load(path: str, kind: type, flag: str):
+  """The export at `path`, which must hold a `kind` (LoadedTokenizer / LoadedGenerator); a
+  generator's training workdir is also accepted (its newest checkpoint, EMA params)."""
+  from jaxtok import inference
+
+  is_workdir = (not os.path.isfile(os.path.join(path, inference.CONFIG_FILE))
+                and os.path.isdir(os.path.join(path, "checkpoints")))
+  if kind is inference.LoadedGenerator and is_workdir:
+    from jaxtok.train import export
+
+    config, variables, _ = export.restore_model(path)
+    loaded = inference.assemble(config, variables)
+  else:
+    loaded = inference.load(path)
+  if not isinstance(loaded, kind):
+    wanted = "tokenizer" if kind is inference.LoadedTokenizer else "generator"
+    raise ValueError(f"{flag} {path!r} holds a {loaded.config.trainer!r} model; expected a "
+                     f"{wanted} export")
+  return loaded
+
+
+def _tokenizer(path: str):
+  from jaxtok import inference
+
+  return _load(path, inference.LoadedTokenizer, "--model")
 
 
 def _reconstruct(args):
@@ -59,10 +72,9 @@ def _reconstruct(args):
 
   from jaxtok.eval import reconstruct
 
-  tok, size = _load(args.model)
-  roundtrip = jax.jit(lambda images: tok.model.apply(tok.variables, images).reconstruction)
-  result = reconstruct.reconstruct(roundtrip, args.images, args.out, image_size=size,
-                                   batch_size=args.batch_size)
+  tok = _tokenizer(args.model)
+  result = reconstruct.reconstruct(jax.jit(tok.reconstruct), args.images, args.out,
+                                   image_size=tok.image_size, batch_size=args.batch_size)
   print(f"{len(result['images'])} images: PSNR {result['mean_psnr']:.2f} dB, "
         f"SSIM {result['mean_ssim']:.4f}; wrote {args.out}")
 
@@ -72,10 +84,9 @@ def _tokenize(args):
 
   from jaxtok.data import tokens
 
-  tok, size = _load(args.model)
-  encode = jax.jit(lambda images: tok.model.apply(tok.variables, images, method="encode"))
+  tok = _tokenizer(args.model)
   meta = tokens.tokenize_folder(
-      encode, args.images, args.out, image_size=size,
+      jax.jit(tok.encode), args.images, args.out, image_size=tok.image_size,
       codebook_size=tok.model.quantizer.codebook_size, tokenizer_config=tok.config.to_dict(),
       num_shards=args.shards, batch_size=args.batch_size, max_skipped=args.max_skipped)
   print(f"{meta['num_records']} images -> tokens {meta['token_shape']} in "
@@ -83,13 +94,22 @@ def _tokenize(args):
 
 
 def _sample(args):
-  from jaxtok.train import generator_trainer
+  from jaxtok import inference
+  from jaxtok.models.generators.maskgit import MaskGIT
 
-  generator = generator_trainer.load_generator(args.model)
-  tok = jaxtok.load(args.tokenizer)
-  result = generator_trainer.sample_images(
-      generator, tok, args.out, num=args.num, seed=args.seed, class_id=args.class_id,
-      cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  generator = _load(args.model, inference.LoadedGenerator, "--model")
+  tok = _load(args.tokenizer, inference.LoadedTokenizer, "--tokenizer")
+  options = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                 top_p=args.top_p)
+  masked = {"num_steps": args.num_steps, "choice_temperature": args.choice_temperature}
+  if isinstance(generator.model, MaskGIT):
+    options.update({k: v for k, v in masked.items() if v is not None})
+  elif any(v is not None for v in masked.values()):
+    raise ValueError("--num-steps and --choice-temperature are MaskGIT options; "
+                     f"{args.model!r} holds a {type(generator.model).__name__}")
+  result = inference.sample_images(generator, tok, num=args.num, seed=args.seed,
+                                   class_id=args.class_id, **options)
+  inference.write_samples(result, args.out)
   print(f"{len(result['tokens'])} samples of {result['tokens'].shape[1:]} tokens -> "
         f"{args.out}/samples.png and {args.out}/samples.npz")
 
@@ -105,6 +125,23 @@ def _budget(text: str) -> int | float:
   if value < 0 or (value >= 1 and value != int(value)):
     raise argparse.ArgumentTypeError(f"a count >= 0 or a fraction in [0, 1); got {text!r}")
   return int(value) if value >= 1 or text.isdigit() else value
+
+
+def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--model", required=True, help="a generator's `jaxtok export` (or workdir)")
+  p.add_argument("--tokenizer", required=True, help="the tokenizer's `jaxtok export` directory")
+  p.add_argument("--out", required=True, help="writes samples.png and samples.npz here")
+  p.add_argument("--num", type=int, default=16, help="number of samples")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--class-id", type=int, default=None, help="class of every sample (default: "
+                 "the null class, i.e. unconditional)")
+  p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale")
+  p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+  p.add_argument("--top-k", type=int, default=0, help="0: off")
+  p.add_argument("--top-p", type=float, default=1.0, help="1: off")
+  p.add_argument("--num-steps", type=int, default=None, help="MaskGIT: decoding steps (12)")
+  p.add_argument("--choice-temperature", type=float, default=None,
+                 help="MaskGIT: Gumbel noise on the re-masking confidence (4.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     if name == "eval":
       p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
 
-  p = command("export", _export, "write WORKDIR's tokenizer (params + config) for jaxtok.load")
+  p = command("export", _export, "write WORKDIR's model (params + config) for jaxtok.load")
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
@@ -148,19 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--max-skipped", type=_budget, default=0.01,
                      help="unreadable files allowed: a count (3) or a fraction (0.01)")
 
-  p = command("sample", _sample, "draw token grids from a generator, decode them to a PNG grid")
-  p.add_argument("--model", required=True, help="a generator workdir or its `jaxtok export`")
-  p.add_argument("--tokenizer", required=True, help="the tokenizer's `jaxtok export` directory")
-  p.add_argument("--out", required=True, help="writes samples.png and samples.npz here")
-  p.add_argument("--num", type=int, default=16, help="number of samples")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--class-id", type=int, default=None, help="class of every sample (default: "
-                 "the null class, i.e. unconditional)")
-  p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale")
-  p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
-  p.add_argument("--top-k", type=int, default=0, help="0: off")
-  p.add_argument("--top-p", type=float, default=1.0, help="1: off")
-
+  _add_sample_arguments(command("sample", _sample, "draw token grids from a generator, decode "
+                                "them to a PNG grid"))
   p = command("demo", _demo, "train a small tokenizer, compare quantizers and train a tiny "
               "generator on bundled photos")
   p.add_argument("--workdir", default="runs/demo", help="where checkpoints, metrics, pictures go")

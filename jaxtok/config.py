@@ -1,12 +1,15 @@
 """Experiment configs: Python files with `get_config(arg) -> ConfigDict`, plus overrides.
 
 A config is named `path/to/file.py` or `path/to/file.py:arg` (the text after the colon goes to
-`get_config`), as in big_vision. Overrides are `x.y=value` strings, as `--config.x.y=value` on
-the command line: values are parsed as Python literals (`10`, `1e-3`, `(1, 2)`, `True`) and
-fall back to plain strings; the key must already exist, so a typo cannot pass silently.
+`get_config`), as in big_vision. A path that is not a file here is looked up among the configs
+shipped in the package (jaxtok/configs/): `configs/demo/tokenizer.py` works from any directory.
+Overrides are `x.y=value` strings, as `--config.x.y=value` on the command line: values are
+parsed as Python literals (`10`, `1e-3`, `(1, 2)`, `True`) and fall back to plain strings; the
+key must already exist, so a typo cannot pass silently.
 """
 
 import ast
+import importlib.resources
 import importlib.util
 import os
 from collections.abc import Iterable
@@ -21,12 +24,32 @@ def _parse_value(text: str):
     return text
 
 
+def packaged_configs():
+  """The folder of configs shipped inside the package."""
+  return importlib.resources.files("jaxtok") / "configs"
+
+
+def resolve_path(path: str) -> str:
+  """`path` if it is a .py file; else the packaged config of that name (a leading `configs/`
+  or `jaxtok/configs/` dropped)."""
+  if path.endswith(".py") and os.path.isfile(path):
+    return path
+  relative = path.replace(os.sep, "/")
+  for prefix in ("jaxtok/configs/", "configs/"):
+    if relative.startswith(prefix):
+      relative = relative[len(prefix):]
+      break
+  packaged = packaged_configs().joinpath(*relative.split("/"))
+  if path.endswith(".py") and packaged.is_file():
+    return str(packaged)
+  raise FileNotFoundError(f"config must be an existing .py file or a packaged one such as "
+                          f"configs/demo/tokenizer.py (optionally 'file.py:arg'); got {path!r}")
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
   """Loads `spec` ("file.py" or "file.py:arg") and applies `overrides` ("a.b=value")."""
   path, _, arg = spec.partition(":")
-  if not path.endswith(".py") or not os.path.isfile(path):
-    raise FileNotFoundError(f"config must be an existing .py file (optionally 'file.py:arg'); "
-                            f"got {spec!r}")
+  path = resolve_path(path)
   module_spec = importlib.util.spec_from_file_location(
       f"jaxtok_config_{abs(hash(os.path.abspath(path)))}", path)
   module = importlib.util.module_from_spec(module_spec)

@@ -16,7 +16,7 @@ from jaxtok.data import transforms
 from jaxtok.data.tokens import TokenSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "demo", "tokenizer.py") + ":tiny"
+TINY = "configs/demo/tokenizer.py:tiny"  # a packaged config, found from any directory
 
 
 def test_version(capsys):

@@ -1,6 +1,6 @@
-"""Every experiment config in configs/ loads (as ml_collections config_flags loads it, with
-overrides), documents its run command and expected result, names its trainer ("tokenizer" or
-"generator"), has exactly the fields that trainer reads (those of the matching demo config),
+"""Every experiment config in jaxtok/configs/ loads (as ml_collections config_flags loads it,
+with overrides), documents its run command and expected result, names its trainer, has exactly
+the fields that trainer reads (those of the matching demo config, configs/demo/<trainer>.py),
 and builds its models (shapes only)."""
 
 import glob
@@ -14,15 +14,19 @@ from absl import flags
 from flax import traverse_util
 from ml_collections import config_flags
 
+from jaxtok import build, train
+from jaxtok.config import packaged_configs
 from jaxtok.train import state as state_lib
+from jaxtok.train import tokenizer_trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
+ROOT = str(packaged_configs())
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True)
+                 if not p.endswith("__init__.py"))
+DEMO = os.path.join(ROOT, "demo")
 # (path, arg) of every config variant; the demos also have the "tiny" ones the tests train.
 VARIANTS = [(p, None) for p in CONFIGS] + [
-    (os.path.join(REPO, "configs", "demo", name), "tiny")
-    for name in ("tokenizer.py", "generator.py")
-    if os.path.exists(os.path.join(REPO, "configs", "demo", name))]
+    (os.path.join(DEMO, name), "tiny") for name in ("tokenizer.py", "ar.py", "maskgit.py")] + [
+    (os.path.join(DEMO, "patch_tokenizer.py"), arg) for arg in ("fsq", "lfq", "rvq,tiny")]
 
 
 def _load(path: str):
@@ -38,11 +42,12 @@ def _section_keys(config) -> dict[str, set]:
 
 
 def test_configs_exist():
-  names = {os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS}
-  assert {"demo/tokenizer.py", "tokenizers/llamagen_vq16.py"} <= names
+  names = {os.path.relpath(p, ROOT) for p in CONFIGS}
+  assert {"demo/tokenizer.py", "demo/ar.py", "demo/maskgit.py", "demo/patch_tokenizer.py",
+          "tokenizers/llamagen_vq16.py", "generators/llamagen_gpt_b.py"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_documents_its_run_and_loads_with_overrides(path):
   module = _load(path)
   doc = module.__doc__ or ""
@@ -58,7 +63,7 @@ def test_config_documents_its_run_and_loads_with_overrides(path):
 def _reference_keys(trainer: str) -> dict[str, set]:
   """Section -> field names of the demo config of `trainer`: every config of that trainer
   must have exactly these (the trainers read every field; no hidden defaults)."""
-  config = _load(os.path.join(REPO, "configs", "demo", f"{trainer}.py")).get_config()
+  config = _load(os.path.join(DEMO, f"{trainer}.py")).get_config()
   return {**{k: set() for k in config.keys()}, **_section_keys(config)}
 
 
@@ -66,16 +71,17 @@ def _reference_keys(trainer: str) -> dict[str, set]:
 def test_config_has_every_trainer_field_and_builds(path, arg):
   config = _load(path).get_config(arg)
   trainer = config.trainer
-  assert trainer in ("tokenizer", "generator"), f"{path}: unknown trainer {trainer!r}"
+  assert trainer in train.TRAINERS, f"{path}: unknown trainer {trainer!r}"
   reference = _reference_keys(trainer)
   assert set(config.keys()) == set(reference), set(config.keys()) ^ set(reference)
   for section, keys in _section_keys(config).items():
     assert keys == reference[section], f"{section}: {keys ^ reference[section]}"
-  if trainer == "generator":
-    from jaxtok.train import generator_trainer  # pylint: disable=g-import-not-at-top
-    generator_trainer.build(config)
+  if trainer != "tokenizer":
+    model = build.model(config)
+    jax.eval_shape(model.init, state_lib.make_key(0),
+                   jnp.zeros((1, *model.token_shape), jnp.int32))
     return
-  parts = state_lib.build_parts(config)
+  parts = tokenizer_trainer.build_parts(config)
   size = config.data.image_size
   variables = jax.eval_shape(parts.tokenizer.init, state_lib.make_key(0),
                              jnp.zeros((1, size, size, 3)))
@@ -88,8 +94,8 @@ def test_config_has_every_trainer_field_and_builds(path, arg):
 
 
 def test_llamagen_vq16_is_the_published_model():
-  config = _load(os.path.join(REPO, "configs", "tokenizers", "llamagen_vq16.py")).get_config()
-  parts = state_lib.build_parts(config)
+  config = _load(os.path.join(ROOT, "tokenizers", "llamagen_vq16.py")).get_config()
+  parts = tokenizer_trainer.build_parts(config)
   variables = jax.eval_shape(parts.tokenizer.init, state_lib.make_key(0),
                              jnp.zeros((1, 256, 256, 3)))
   count = sum(x.size for x in jax.tree.leaves(variables["params"]))

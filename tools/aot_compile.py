@@ -168,7 +168,6 @@ def main(argv=None) -> dict:
 
   from jaxtok.config import load_config  # pylint: disable=g-import-not-at-top
   from jaxtok.train import sharding  # pylint: disable=g-import-not-at-top
-  from jaxtok.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.train import tokenizer_trainer  # pylint: disable=g-import-not-at-top
 
   try:
@@ -179,7 +178,7 @@ def main(argv=None) -> dict:
     batch_size = args.batch_size or config.train.batch_size
     sharding.check_batch_size(batch_size, mesh, name="batch size")
     config.train.batch_size = batch_size
-    parts = state_lib.build_parts(config)
+    parts = tokenizer_trainer.build_parts(config)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"{PROG}: error: {e}") from None
 
@@ -188,12 +187,11 @@ def main(argv=None) -> dict:
   print(f"mesh: {dict(mesh.shape)} = {mesh.size} of {len(devices)} {devices[0].platform} "
         f"devices ({kind}); jax {jax.__version__}")
   t0 = time.perf_counter()
-  _, shardings, abstract = tokenizer_trainer.layout(parts, config, mesh)
+  _, _, _, abstract, step = tokenizer_trainer.jitted_step(parts, config, mesh)
   size = config.data.image_size
   batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), "uint8",
                                          sharding=sharding.batch_sharding(mesh))}
   lpips = lpips_abstract(config, sharding.replicated(mesh))
-  step = tokenizer_trainer.jit_train_step(parts, config, mesh, shardings)
   lowered = step.lower(abstract, batch, lpips)
   t1 = time.perf_counter()
   compiled = lowered.compile()

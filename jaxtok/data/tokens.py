@@ -116,3 +116,46 @@ class TokenSource:
     n = len(self._readers)
     data = self._readers[index % n].read([index // n])[0]
     return np.frombuffer(data, "<i4").astype(np.int32).reshape(self.token_shape)
+
+
+class LabelledTokens:
+  """Records {"tokens": int32 grid, "label": int32} of a TokenSource (label 0 if unlabelled)."""
+
+  def __init__(self, source: TokenSource, labels: np.ndarray | None):
+    self.source, self.labels = source, labels
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    label = 0 if self.labels is None else self.labels[index]
+    return {"tokens": self.source[index], "label": np.int32(label)}
+
+
+def labelled_tokens(path: str, labels: str, *, token_shape: Sequence[int], codebook_size: int,
+                    num_classes: int) -> LabelledTokens:
+  """The token directory `path` checked against a generator's token_shape, codebook_size and
+  num_classes; labels "none" (unconditional: num_classes must be 0) or "metadata" (one class
+  id per record in metadata.json's "labels" list)."""
+  source = TokenSource(path)
+  if tuple(source.token_shape) != tuple(token_shape) or source.codebook_size != codebook_size:
+    raise ValueError(
+        f"data.path={path!r} holds tokens {tuple(source.token_shape)} of "
+        f"{source.codebook_size} codes; the model is configured for model.token_shape="
+        f"{tuple(token_shape)}, model.codebook_size={codebook_size}")
+  if labels == "none":
+    if num_classes != 0:
+      raise ValueError(f"data.labels='none' trains an unconditional model: set "
+                       f"model.num_classes=0; got {num_classes}")
+    return LabelledTokens(source, None)
+  if labels == "metadata":
+    ids = np.asarray(source.metadata.get("labels", []), np.int32)
+    if ids.shape != (len(source),) or num_classes < 1:
+      raise ValueError(f"data.labels='metadata' needs model.num_classes >= 1 (got "
+                       f"{num_classes}) and a 'labels' list of {len(source)} class ids in "
+                       f"{path}/{METADATA} (found {ids.shape[0]})")
+    if ids.min() < 0 or ids.max() >= num_classes:
+      raise ValueError(f"metadata labels must lie in [0, {num_classes}); got "
+                       f"[{ids.min()}, {ids.max()}]")
+    return LabelledTokens(source, ids)
+  raise ValueError(f"data.labels must be 'none' or 'metadata'; got {labels!r}")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from jaxtok.data import images as image_lib
 from jaxtok.data import sources, transforms
 from jaxtok.eval import metrics
 
@@ -39,9 +40,9 @@ def reconstruct(roundtrip: Callable[[np.ndarray], np.ndarray], path: str, out: s
         originals.append(transforms.eval_transform(transforms.decode_image(f.read()), image_size))
     originals = np.stack(originals)
     recon = np.asarray(roundtrip(originals), np.float32)
-    scaled = originals.astype(np.float32) / 127.5 - 1.0
+    scaled = image_lib.to_float(originals)
     psnr, ssim = np.asarray(metrics.psnr(recon, scaled)), np.asarray(metrics.ssim(recon, scaled))
-    recon_u8 = np.round((np.clip(recon, -1, 1) + 1) * 127.5).astype(np.uint8)
+    recon_u8 = np.asarray(image_lib.to_uint8(recon))
     for i, key in enumerate(batch_keys):
       name = os.path.splitext(key.replace("/", "__"))[0] + ".png"
       Image.fromarray(np.concatenate([originals[i], recon_u8[i]], axis=1)).save(

@@ -1,41 +1,21 @@
-"""Export a trained tokenizer (params + config, nothing else) and load it back for library use.
+"""`jaxtok export`: a training run's model (EMA params by default, the quantizer state, the
+config) written as an export directory that `jaxtok.load` reads (see jaxtok/inference.py)."""
 
-An export directory holds `config.json` (the run's config) and `variables/` (an Orbax
-checkpoint of {"params", "quantizer_state"}: the EMA params by default, and the EMA codebooks),
-small enough to ship and enough to encode and decode.
-"""
-
-import json
 import os
-from typing import Any, NamedTuple
 
-import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxtok import quantizers
-from jaxtok.models.tokenizers.tokenizer import Tokenizer
+from jaxtok import inference
 from jaxtok.train import checkpoint as checkpoint_lib
-from jaxtok.train import state as state_lib
 
 
-class Loaded(NamedTuple):
-  """A ready tokenizer: `model.apply(variables, images, method="encode")` and so on."""
-
-  model: Tokenizer
-  variables: dict[str, Any]  # {"params": ..., "quantizer_state": ...}
-  config: ml_collections.ConfigDict  # the config of the run it came from
-
-  def encode(self, images, **kwargs):
-    return self.model.apply(self.variables, images, method="encode", **kwargs)
-
-  def decode(self, indices, **kwargs):
-    return self.model.apply(self.variables, indices, method="decode", **kwargs)
-
-
-def export(workdir: str, out: str, *, step: int | None = None, use_ema: bool = True) -> str:
-  """Writes the tokenizer of `workdir`'s checkpoint at `step` (default newest) to `out`."""
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+def restore_model(workdir: str, *, step: int | None = None, use_ema: bool = True
+                  ) -> tuple[dict, dict, int]:
+  """(config, variables, step) of the model in `workdir`'s checkpoint at `step` (newest)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint under {directory}: train first")
+  ckpt = checkpoint_lib.Checkpointer(directory, max_to_keep=None)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
@@ -47,32 +27,14 @@ def export(workdir: str, out: str, *, step: int | None = None, use_ema: bool = T
         state=ocp.args.StandardRestore()))["state"]
   finally:
     ckpt.close()
-  variables = {"params": state["ema_params" if use_ema else "params"],
-               "quantizer_state": state.get("quantizer_state") or {}}
-  out = os.path.abspath(out)
-  os.makedirs(out, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(out, "variables"), variables, force=True)
-  checkpointer.wait_until_finished()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump({**config, "exported_from": {"workdir": os.path.abspath(workdir), "step": step,
-                                           "ema": use_ema}}, f, indent=2)
-  return out
+  variables = {"params": state["ema_params" if use_ema else "params"]}
+  if state.get("quantizer_state"):
+    variables["quantizer_state"] = state["quantizer_state"]
+  return config, variables, step
 
 
-def load(path: str, *, dtype: str = "float32") -> Loaded:
-  """The tokenizer exported to `path` (by `export` / `jaxtok export`), ready to use."""
-  config_path = os.path.join(path, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{path} is not a jaxtok export: no config.json (make one with "
-                            f"`jaxtok export --workdir RUN --out {path}`)")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  model = state_lib.build_tokenizer(
-      config.model, quantizers.build(state_lib.plain(config.quantizer)),
-      state_lib.DTYPES[dtype])
-  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "variables"))
-  variables = jax.tree.map(jax.numpy.asarray, dict(variables))
-  if not variables.get("quantizer_state"):
-    variables.pop("quantizer_state", None)
-  return Loaded(model, variables, config)
+def export(workdir: str, out: str, *, step: int | None = None, use_ema: bool = True) -> str:
+  """Writes the model of `workdir`'s checkpoint at `step` (default newest) to `out`."""
+  config, variables, step = restore_model(workdir, step=step, use_ema=use_ema)
+  origin = {"workdir": os.path.abspath(workdir), "step": step, "ema": use_ema}
+  return inference.save(out, {**config, "exported_from": origin}, variables)

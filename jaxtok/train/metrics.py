@@ -18,6 +18,8 @@ from PIL import Image
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from jaxtok.data import images
+
 # ------------------------------------------------------------------ JSONL
 
 
@@ -48,16 +50,6 @@ def truncate_jsonl(path: str, after_step: int) -> None:
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def image_grid(top_BHWC: np.ndarray, bottom_BHWC: np.ndarray, gap: int = 2) -> np.ndarray:
-  """Two rows of uint8 images, `gap` white pixels apart: [2H + gap, B W + (B - 1) gap, C]."""
-  n, h, w, c = top_BHWC.shape
-  grid = np.full((2 * h + gap, n * w + (n - 1) * gap, c), 255, np.uint8)
-  for i in range(n):
-    grid[:h, i * (w + gap):i * (w + gap) + w] = top_BHWC[i]
-    grid[h + gap:, i * (w + gap):i * (w + gap) + w] = bottom_BHWC[i]
-  return grid
 
 
 # ------------------------------------------------------------------ the writer the trainer uses
@@ -119,7 +111,7 @@ class MetricWriter:
     """Writes recon/step_<step>.png (originals over reconstructions) and its TB image."""
     if not self.enabled:
       return
-    grid = image_grid(np.asarray(originals_BHWC), np.asarray(recon_BHWC))
+    grid = images.comparison_grid(originals_BHWC, recon_BHWC)
     os.makedirs(os.path.join(self.workdir, "recon"), exist_ok=True)
     Image.fromarray(grid).save(os.path.join(self.workdir, "recon", f"step_{step:07d}.png"))
     self.image(step, "eval/reconstructions", grid)

@@ -61,16 +61,15 @@ def reference_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_single():
-  """(config, parts, host state, jitted step) of the tiny config on one device."""
-  from configs.demo import tokenizer as demo_config  # pylint: disable=g-import-not-at-top
-  from jaxtok.train import sharding  # pylint: disable=g-import-not-at-top
-  from jaxtok.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  """(config, parts, host state, jitted step, mesh, shardings) of the tiny config on one
+  device."""
+  from jaxtok.configs.demo import tokenizer as demo_config  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import loop, sharding  # pylint: disable=g-import-not-at-top
   from jaxtok.train import tokenizer_trainer as tt  # pylint: disable=g-import-not-at-top
 
   config = demo_config.get_config("tiny")
-  parts = state_lib.build_parts(config)
+  parts = tt.build_parts(config)
   mesh = sharding.make_mesh((1, 1, 1))
-  key, shardings, _ = tt.layout(parts, config, mesh)
-  host_state = jax.device_get(tt.init_fn(parts, config, shardings)(key))
-  step = tt.jit_train_step(parts, config, mesh, shardings)
+  init, key, shardings, _, step = tt.jitted_step(parts, config, mesh)
+  host_state = jax.device_get(loop.jit_init(init, shardings)(key))
   return config, parts, host_state, step, mesh, shardings

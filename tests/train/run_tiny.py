@@ -1,4 +1,4 @@
-"""Trains configs/demo/tokenizer.py:get_config("tiny") in a fresh process, for the tests.
+"""Trains jaxtok/configs/demo/tokenizer.py:get_config("tiny") in a fresh process, for the tests.
 
   python tests/train/run_tiny.py WORKDIR '{"train.steps": 8}' [STOP_AFTER]
 
@@ -21,7 +21,7 @@ flags.FLAGS.mark_as_parsed()  # Grain worker processes need parsed absl flags un
 
 def main() -> None:
   logging.basicConfig(level=logging.WARNING)
-  from configs.demo import tokenizer as demo_config  # pylint: disable=g-import-not-at-top
+  from jaxtok.configs.demo import tokenizer as demo_config  # pylint: disable=g-import-not-at-top
   from jaxtok.train import train  # pylint: disable=g-import-not-at-top
 
   workdir, overrides = sys.argv[1], json.loads(sys.argv[2])

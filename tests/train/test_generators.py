@@ -1,6 +1,6 @@
-"""The generator trainer: the loss falls on a learnable token pattern, a run split by a restart
-in a new process ends bit for bit where the uninterrupted run ends, a step on 8 devices equals
-the single-device step, and `jaxtok sample` decodes samples of a trained generator.
+"""The generator trainers (GPT and MaskGIT): the loss falls on a learnable token pattern, a GPT
+run split by a restart in a new process ends bit for bit where the uninterrupted run ends, a
+step on 8 devices equals the single-device step, and `jaxtok sample` decodes samples of both.
 
 The training runs are subprocesses sharing the persistent compile cache of the other training
 tests (tests/train/conftest.py): only the first compiles the train step.
@@ -21,14 +21,14 @@ import pytest
 from array_record.python import array_record_module
 from PIL import Image
 
-from configs.demo import generator as generator_config
-from configs.demo import tokenizer as tokenizer_config
 import jaxtok
-from jaxtok import cli
+from jaxtok import build, cli, inference
+from jaxtok.configs.demo import ar as ar_config
+from jaxtok.configs.demo import maskgit as maskgit_config
+from jaxtok.configs.demo import tokenizer as tokenizer_config
 from jaxtok.data import tokens as token_data
-from jaxtok.models.generators import ar
-from jaxtok.train import checkpoint, sharding
-from jaxtok.train import generator_trainer as gt
+from jaxtok.models.generators.ar import GPT
+from jaxtok.train import ar_trainer, checkpoint, generator, loop, sharding
 from jaxtok.train import state as state_lib
 from jaxtok.train.metrics import read_jsonl
 from tests.train.conftest import REPO, subprocess_env
@@ -40,10 +40,11 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()
 import jax
 jax.config.update("jax_threefry_partitionable", False)  # as tests/conftest.py sets it
-from tests.train.test_generator_trainer import tiny_config
-from jaxtok.train import generator_trainer
-workdir, token_dir, stop_after = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-result = generator_trainer.train(tiny_config(token_dir), workdir, stop_after=stop_after)
+from tests.train.test_generators import tiny_config
+from jaxtok import train
+workdir, token_dir, stop_after, kind = sys.argv[1:5]
+stop_after = json.loads(stop_after)
+result = train.train(tiny_config(token_dir, kind), workdir, stop_after=stop_after)
 print("RESULT " + json.dumps(result), flush=True)
 """
 
@@ -65,8 +66,8 @@ def write_tokens(directory, grids: np.ndarray, codebook_size: int, labels=None) 
   return str(directory)
 
 
-def tiny_config(token_dir: str, **overrides):
-  config = generator_config.get_config("tiny")
+def tiny_config(token_dir: str, kind: str = "ar", **overrides):
+  config = {"ar": ar_config, "maskgit": maskgit_config}[kind].get_config("tiny")
   config.data.path = token_dir
   config.train.steps = STEPS
   config.checkpoint.every_steps = 1  # step 1's checkpoint is the sharding test's reference
@@ -83,10 +84,11 @@ def token_dir(tmp_path_factory):
   return write_tokens(tmp_path_factory.mktemp("tokens"), grids, 32)
 
 
-def run_tiny(workdir, token_dir: str, stop_after: int | None = None) -> tuple[dict, str]:
+def run_tiny(workdir, token_dir: str, stop_after: int | None = None, kind: str = "ar"
+             ) -> tuple[dict, str]:
   """Trains tiny_config in a new process; returns (its result, its stderr)."""
   proc = subprocess.run([sys.executable, "-c", RUN, str(workdir), token_dir,
-                         json.dumps(stop_after)], env=subprocess_env(), cwd=REPO,
+                         json.dumps(stop_after), kind], env=subprocess_env(), cwd=REPO,
                         capture_output=True, text=True, timeout=300, check=False)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, f"training failed:\n{proc.stderr[-4000:]}"
@@ -137,18 +139,21 @@ def test_one_step_on_a_2x2x2_mesh_equals_the_single_device_step(reference_run, t
   reference, _ = reference_run
   config = tiny_config(token_dir)
   mesh = sharding.make_mesh((2, 2, 2))
-  model, tx, lr = gt.build(config)
-  _, shardings, abstract = gt.layout(model, tx, config, mesh)
+  model, tx, lr = generator.build_parts(config)
+  init = lambda k: generator.init_state(model, tx, k)
+  _, shardings, abstract = loop.layout(init, config.seed, mesh)
   specs = {str(s.spec) for s in jax.tree.leaves(shardings)}
   assert any("tensor" in s for s in specs) and any("fsdp" in s for s in specs), specs
-  data = gt.train_iterator(config, gt.make_source(config))
+  data = generator.train_iterator(config, model)
   ckpt = checkpoint.Checkpointer(os.path.join(reference, "checkpoints"), max_to_keep=None)
   try:
     state = ckpt.restore(1, abstract, data_iterator=data, config=config)
   finally:
     ckpt.close()
-  new, metrics = gt.jit_train_step(model, tx, lr, config, mesh, shardings)(
-      state, sharding.global_batch(next(data), mesh))
+  step = generator.make_train_step(model, ar_trainer.next_token_loss, tx, lr,
+                                  config.train.ema_decay)
+  new, metrics = loop.jit_step(step, mesh, shardings)(state,
+                                                      sharding.global_batch(next(data), mesh))
   assert int(metrics["skipped"]) == 0
   got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
       flax.serialization.to_state_dict(jax.device_get(new)))[0]}
@@ -158,82 +163,127 @@ def test_one_step_on_a_2x2x2_mesh_equals_the_single_device_step(reference_run, t
     np.testing.assert_allclose(got[k], want[k], atol=1e-6, rtol=0, err_msg=k)
 
 
+def _labelled(config):
+  return token_data.labelled_tokens(
+      config.data.path, config.data.labels, token_shape=config.model.token_shape,
+      codebook_size=config.model.codebook_size, num_classes=config.model.num_classes)
+
+
 def test_token_shape_mismatch_and_labels_are_checked(token_dir, tmp_path):
   with pytest.raises(ValueError, match=r"model.token_shape=\(8, 8\)"):
-    gt.make_source(tiny_config(token_dir, **{"model.token_shape": (8, 8)}))
+    _labelled(tiny_config(token_dir, **{"model.token_shape": (8, 8)}))
   with pytest.raises(ValueError, match="set model.num_classes=0"):
-    gt.make_source(tiny_config(token_dir, **{"model.num_classes": 10}))
+    _labelled(tiny_config(token_dir, **{"model.num_classes": 10}))
   labelled = write_tokens(tmp_path / "labelled", np.zeros((4, 4, 4), np.int32), 32,
                           labels=[0, 3, 1, 2])
-  source = gt.make_source(tiny_config(labelled, **{"model.num_classes": 4,
-                                                   "data.labels": "metadata"}))
+  source = _labelled(tiny_config(labelled, **{"model.num_classes": 4, "data.labels": "metadata"}))
   assert [int(source[i]["label"]) for i in range(4)] == [0, 3, 1, 2]
   with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
-    gt.make_source(tiny_config(labelled, **{"model.num_classes": 3, "data.labels": "metadata"}))
+    _labelled(tiny_config(labelled, **{"model.num_classes": 3, "data.labels": "metadata"}))
 
 
 def _export_untrained_tokenizer(out) -> str:
   """A tiny VQGAN (16x16 images -> 4x4 tokens of 32 codes) in `jaxtok export`'s format."""
   config = tokenizer_config.get_config("tiny")
   config.model.config.ch_mult = (1, 2, 2)
-  parts = state_lib.build_parts(config)
-  variables = jax.jit(lambda k: nn.meta.unbox(parts.tokenizer.init(
+  tokenizer = build.model(config)
+  variables = jax.jit(lambda k: nn.meta.unbox(tokenizer.init(
       {"params": k, "quantizer": k}, jnp.zeros((1, 16, 16, 3)))))(state_lib.make_key(0))
-  saver = ocp.StandardCheckpointer()
-  saver.save(os.path.join(out, "variables"), dict(variables), force=True)
-  saver.wait_until_finished()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(checkpoint.config_to_json(config), f)
-  return str(out)
+  return inference.save(str(out), checkpoint.config_to_json(config), dict(variables))
 
 
-def test_sample_command_end_to_end(reference_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tokenizer_export(tmp_path_factory):
+  return _export_untrained_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def test_sample_command_end_to_end(reference_run, tokenizer_export, tmp_path, capsys):
   generator_dir, _ = reference_run
-  tokenizer = _export_untrained_tokenizer(tmp_path / "tokenizer")
+  export = str(tmp_path / "export")
+  assert cli.main(["export", "--workdir", generator_dir, "--out", export]) == 0
   out = tmp_path / "samples"
-  args = ["sample", "--model", generator_dir, "--tokenizer", tokenizer, "--out", str(out)]
+  args = ["sample", "--model", export, "--tokenizer", tokenizer_export, "--out", str(out)]
   assert cli.main(args + ["--num", "5", "--seed", "1", "--top-k", "8"]) == 0
   ids = np.load(out / "samples.npz")["tokens"]
   assert ids.shape == (5, 4, 4) and ids.dtype == np.int32 and 0 <= ids.min() <= ids.max() < 32
   grid = Image.open(out / "samples.png")
   assert grid.size == (3 * 16 + 2 * 2, 2 * 16 + 2)  # 3 x 2 grid of 16x16 images, 2px gaps
-  # A bad class id or a cfg scale without a class: one-line errors, exit status 2.
-  assert cli.main(args + ["--class-id", "3"]) == 2
-  assert "--class-id: this generator is unconditional" in capsys.readouterr().err
-  assert cli.main(args + ["--cfg-scale", "2.0"]) == 2
-  err = capsys.readouterr().err
-  assert "classifier-free guidance" in err and len(err.strip().splitlines()) == 1
+  # The workdir samples as its export does (newest checkpoint, EMA params).
+  assert cli.main(["sample", "--model", generator_dir, "--tokenizer", tokenizer_export,
+                   "--out", str(tmp_path / "from_workdir"), "--num", "5", "--seed", "1",
+                   "--top-k", "8"]) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "from_workdir" / "samples.npz")["tokens"], ids)
+  # A bad class id, a cfg scale without a class, MaskGIT options for a GPT, a tokenizer given
+  # as the generator: one-line errors, exit status 2.
+  for extra, message in ((["--class-id", "3"], "class_id: this generator is unconditional"),
+                         (["--cfg-scale", "2.0"], "classifier-free guidance"),
+                         (["--num-steps", "4"], "MaskGIT options")):
+    assert cli.main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+  assert cli.main(["sample", "--model", tokenizer_export, "--tokenizer", tokenizer_export,
+                   "--out", str(out)]) == 2
+  assert "holds a 'tokenizer' model; expected a generator export" in capsys.readouterr().err
   # Class ids out of range and tokenizers of another grid are refused before any sampling.
-  tok = jaxtok.load(tokenizer)
+  tok = jaxtok.load(tokenizer_export)
   config = tiny_config("", **{"model.num_classes": 10})
-  conditional = gt.LoadedGenerator(gt.build_model(config.model), None, config)
-  with pytest.raises(ValueError, match=r"--class-id must lie in \[0, 10\); got 10"):
-    gt.sample_images(conditional, tok, str(out), class_id=10)
+  conditional = inference.LoadedGenerator(build.model(config), None, config)
+  with pytest.raises(ValueError, match=r"class_id must lie in \[0, 10\); got 10"):
+    inference.sample_images(conditional, tok, class_id=10)
   config = tiny_config("", **{"model.token_shape": (8, 8)})
-  other = gt.LoadedGenerator(gt.build_model(config.model), None, config)
+  other = inference.LoadedGenerator(build.model(config), None, config)
   with pytest.raises(ValueError, match=r"the tokenizer makes \(4, 4\) tokens of 32 codes"):
-    gt.sample_images(other, tok, str(out))
+    inference.sample_images(other, tok)
+
+
+def test_maskgit_trains_on_the_spine_and_samples(token_dir, tokenizer_export, tmp_path):
+  """The MaskGIT trainer: masked-token loss falls, `jaxtok train` / `export` / `sample` run."""
+  result, _ = run_tiny(tmp_path / "run", token_dir, kind="maskgit")
+  rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+  assert result["step"] == STEPS and [r["step"] for r in rows] == list(range(1, STEPS + 1))
+  assert all(0.0 < r["mask_ratio"] <= 1.0 for r in rows)
+  assert rows[-1]["loss"] < rows[0]["loss"] - 0.25, [r["loss"] for r in rows]
+  export = str(tmp_path / "export")
+  assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--out", export]) == 0
+  loaded = jaxtok.load(export)
+  assert isinstance(loaded.model, build.resolve("generator", "maskgit.MaskGIT"))
+  out = tmp_path / "samples"
+  assert cli.main(["sample", "--model", export, "--tokenizer", tokenizer_export, "--out",
+                   str(out), "--num", "3", "--num-steps", "4"]) == 0
+  ids = np.load(out / "samples.npz")["tokens"]
+  assert ids.shape == (3, 4, 4) and 0 <= ids.min() <= ids.max() < 32
+
+
+def test_masked_token_loss_counts_masked_positions_only():
+  logits = jnp.zeros((1, 4, 3)).at[0, 0, 2].set(100.0)  # position 0 certain of code 2
+  tokens = jnp.array([[2, 0, 1, 2]])
+  full, _ = generator.cross_entropy(logits, tokens)
+  only_first, acc = generator.cross_entropy(logits, tokens, jnp.array([[1, 0, 0, 0]]))
+  assert float(only_first) < 1e-6 and float(acc) == 1.0 and float(full) > 0.8
+  smoothed, _ = generator.cross_entropy(logits, tokens, jnp.array([[1, 0, 0, 0]]), 0.1)
+  # (1 - eps) * 0 - eps * mean(log p) with log p = (-100, -100, 0) at the one masked position.
+  np.testing.assert_allclose(smoothed, 0.1 * 200.0 / 3.0, rtol=1e-4)
 
 
 def test_train_command_dispatches_on_the_config_trainer(monkeypatch, tmp_path):
   calls = []
-  monkeypatch.setattr(gt, "train", lambda config, workdir: calls.append(config) or {"step": 0})
-  config = os.path.join(REPO, "configs", "demo", "generator.py") + ":tiny"
-  assert cli.main(["train", "--config", config, "--workdir", str(tmp_path),
+  monkeypatch.setattr(ar_trainer, "train",
+                      lambda config, workdir: calls.append(config) or {"step": 0})
+  assert cli.main(["train", "--config", "configs/demo/ar.py:tiny", "--workdir", str(tmp_path),
                    "--config.train.steps=3"]) == 0
-  assert len(calls) == 1 and calls[0].train.steps == 3 and calls[0].trainer == "generator"
+  assert len(calls) == 1 and calls[0].train.steps == 3 and calls[0].trainer == "ar"
 
 
 def test_configs_build_their_generators():
-  for arg in (None, "tiny"):
-    config = generator_config.get_config(arg)
-    model = gt.build_model(config.model)
+  for config in (ar_config.get_config(), ar_config.get_config("tiny"),
+                 maskgit_config.get_config(), maskgit_config.get_config("tiny")):
+    model = build.model(config)
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *model.token_shape), jnp.int32))
-  from configs.generators import llamagen_gpt_b  # pylint: disable=g-import-not-at-top
+  from jaxtok.configs.generators import llamagen_gpt_b  # pylint: disable=g-import-not-at-top
 
   config = llamagen_gpt_b.get_config()
-  model = gt.build_model(config.model)
-  assert {k: getattr(model, k) for k in ar.PRESETS["GPT-B"]} == ar.PRESETS["GPT-B"]
+  model = build.model(config)
+  assert {k: getattr(model, k) for k in GPT.PRESETS["GPT-B"]} == GPT.PRESETS["GPT-B"]
   assert (config.optimizer.lr, config.optimizer.b2, config.optimizer.weight_decay,
           config.train.batch_size, model.cond_dropout, model.token_dropout) == (
               1e-4, 0.95, 0.05, 256, 0.1, 0.1)

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs.demo import tokenizer as demo_config
+from jaxtok.configs.demo import tokenizer as demo_config
 from jaxtok.train import checkpoint, tokenizer_trainer
 from jaxtok.train.metrics import read_jsonl
 from tests.train.conftest import REFERENCE, finish, run_tiny, start_tiny

@@ -13,7 +13,7 @@ from jaxtok.models.tokenizers.vit import ViTTokenizer
 from jaxtok.models.tokenizers.vqgan import VQGAN
 from jaxtok.quantizers.vq import VectorQuantizer
 from jaxtok.train import sharding
-from jaxtok.train import tokenizer_trainer as tt
+from jaxtok.train.tokenizer_trainer import jitted_step
 
 KEY = jax.random.key(0, impl="rbg")
 
@@ -64,10 +64,10 @@ def test_mesh_shape_fills_and_checks():
 
 
 def _step_on(mesh, parts, config, host_state, images, step=None):
-  _, shardings, _ = tt.layout(parts, config, mesh)
+  _, _, shardings, _, mesh_step = jitted_step(parts, config, mesh)
   state = jax.device_put(host_state, shardings)
   batch = sharding.global_batch({"image": images}, mesh)
-  step = step or tt.jit_train_step(parts, config, mesh, shardings)
+  step = step or mesh_step
   new, metrics = step(state, batch, {})
   return jax.device_get(new), jax.device_get(metrics)
 
@@ -82,7 +82,7 @@ def test_one_step_on_every_mesh_equals_the_single_device_step(tiny_single):
 
   for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
     mesh = sharding.make_mesh(shape)
-    _, shardings, _ = tt.layout(parts, config, mesh)
+    _, _, shardings, _, _ = jitted_step(parts, config, mesh)
     kernel_sharding = shardings.params["decoder"]["mid_0"]["conv1"]["kernel"]
     if shape[1] > 1:  # FSDP: parameters and Adam moments are split, not replicated
       assert "fsdp" in str(kernel_sharding.spec), kernel_sharding

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.demo import tokenizer as demo_config
-from jaxtok.train import guards, state, tokenizer_trainer
+from jaxtok import build
+from jaxtok.configs.demo import tokenizer as demo_config
+from jaxtok.train import guards, loop, state, tokenizer_trainer
 from jaxtok.train.metrics import read_jsonl
 
 TRAIN_KEYS = {"loss", "rec_loss", "quantizer_loss", "codebook_loss", "commitment_loss",
@@ -63,22 +64,38 @@ def test_evaluate_without_checkpoint_says_so(tmp_path):
 
 def test_build_tokenizer_rejects_unknown_names_and_fields():
   config = demo_config.get_config("tiny")
-  config.model.name = "tokenizers.nothing"
-  with pytest.raises(ValueError, match="model.name must be a module under jaxtok.models"):
-    state.build_parts(config)
+  for name in ("tokenizers.vqgan", "vqgan.Nothing", "nothing.VQGAN", "tokenizer.Tokenizer"):
+    config.model.name = name
+    with pytest.raises(ValueError, match="tokenizer name must be '<module>.<Class>' of "
+                       "jaxtok.models.tokenizers, e.g. 'vqgan.VQGAN'"):
+      tokenizer_trainer.build_parts(config)
   config = demo_config.get_config("tiny")
   config.model.widht = 3
-  with pytest.raises(ValueError, match="model.widht is not a field of VQGAN"):
-    state.build_parts(config)
+  with pytest.raises(ValueError, match="tokenizer 'vqgan.VQGAN': .*widht"):
+    tokenizer_trainer.build_parts(config)
+  config = demo_config.get_config("tiny")
+  config.model.preset = "nonesuch"
+  with pytest.raises(ValueError, match="nonesuch"):
+    tokenizer_trainer.build_parts(config)
   config = demo_config.get_config("tiny")
   config.loss.disc_weight = 0.0
-  assert state.build_parts(config).discriminator is None
+  assert tokenizer_trainer.build_parts(config).discriminator is None
+
+
+def test_presets_by_name_with_overrides():
+  config = demo_config.get_config("tiny")
+  config.model = dict(name="vqgan.VQGAN", preset="llamagen-vq16", config=dict(ch=32))
+  tokenizer = build.model(config)
+  assert tokenizer.config.ch == 32 and tokenizer.config.ch_mult == (1, 1, 2, 2, 4)
+  assert tokenizer.token_shape((256, 256)) == (16, 16)
 
 
 def test_train_aborts_after_k_non_finite_steps_in_a_row(tmp_path, monkeypatch, caplog):
   """The loop's wiring: a step function that only ever skips ends the run at step K."""
 
-  def always_skipping(parts, config, mesh, shardings):
+  def always_skipping(step_fn, mesh, shardings, num_constants):
+    del step_fn, mesh, shardings, num_constants
+
     def step(state, batch, lpips_params):
       del batch, lpips_params
       new = state.replace(step=state.step + 1, skipped=state.skipped + 1,
@@ -87,7 +104,7 @@ def test_train_aborts_after_k_non_finite_steps_in_a_row(tmp_path, monkeypatch, c
                    "skipped_total": new.skipped, "skipped_in_a_row": new.skipped_in_a_row}
     return jax.jit(step, donate_argnums=(0,))
 
-  monkeypatch.setattr(tokenizer_trainer, "jit_train_step", always_skipping)
+  monkeypatch.setattr(loop, "jit_step", always_skipping)
   config = demo_config.get_config("tiny")
   config.train.max_skips_in_a_row = 3
   config.eval.every_steps = 0
@@ -113,23 +130,25 @@ def test_train_step_traces_for_config_variants(variant):
   elif variant == "no_gan":
     config.loss.disc_weight = 0.0
   elif variant == "stylegan_non_saturating":
-    config.discriminator = dict(name="StyleGANDiscriminator", base_features=4, max_features=8)
+    config.discriminator = dict(name="discriminators.StyleGANDiscriminator", base_features=4,
+                                max_features=8)
     config.loss.gan_loss = config.loss.gen_loss = "non_saturating"
   else:
-    config.model = dict(name="tokenizers.vit", encoder_size="tiny", decoder_size="tiny",
+    config.model = dict(name="vit.ViTTokenizer", encoder_size="tiny", decoder_size="tiny",
                         patch_size=4, image_size=16)
     config.quantizer = dict(name="fsq.FSQ", levels=(8, 5, 5))
     config.loss.adaptive_weight_layer = "decoder_head/out/kernel"
-  parts = state.build_parts(config)
-  abstract = jax.eval_shape(lambda k: nn.meta.unbox(state.init_state(parts, config, k)),
+  parts = tokenizer_trainer.build_parts(config)
+  abstract = jax.eval_shape(lambda k: nn.meta.unbox(tokenizer_trainer.init_state(parts, 16, k)),
                             state.make_key(0))
   lpips = {}
   if config.loss.perceptual_weight > 0:
     from jaxtok.models.lpips import load_lpips_params  # pylint: disable=g-import-not-at-top
     lpips = jax.eval_shape(load_lpips_params)
   batch = {"image": jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.uint8)}
-  new, metrics = jax.eval_shape(tokenizer_trainer.make_train_step(parts, config), abstract,
-                                batch, lpips)
+  step = tokenizer_trainer.make_train_step(parts, tokenizer_trainer.LossConfig(**config.loss),
+                                          config.train.ema_decay)
+  new, metrics = jax.eval_shape(step, abstract, batch, lpips)
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert shapes(new) == shapes(abstract)
   assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}

@@ -6,7 +6,7 @@ GPT-B step, and VQ-16 encoding; one device.
     python tools/bench/train_step.py --out benchmarks/results/train_step_h100.md
 
 Cases (--only picks some):
-  tokenizer-full  the trainer's own jitted step (`tokenizer_trainer.jit_train_step`) on
+  tokenizer-full  the trainer's own jitted step (`tokenizer_trainer.jitted_step`) on
                   configs/tokenizers/llamagen_vq16.py at 256x256: generator update with L2 +
                   LPIPS + PatchGAN hinge + VQ losses, then the discriminator update, both in one
                   call (loss.disc_start=0 so the GAN terms count from the first step; the
@@ -56,8 +56,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from jaxtok.config import load_config  # noqa: E402
 from jaxtok.models.generators import ar  # noqa: E402
-from jaxtok.train import sharding, tokenizer_trainer  # noqa: E402
-from jaxtok.train import state as state_lib  # noqa: E402
+from jaxtok.data import images as image_lib  # noqa: E402
+from jaxtok.train import loop, sharding, tokenizer_trainer  # noqa: E402
 from tools import aot_compile  # noqa: E402
 
 CASES = ("tokenizer-full", "tokenizer-l1", "gpt", "encode")
@@ -102,9 +102,9 @@ def is_oom(e: Exception) -> bool:
 def tokenizer_config(case: str, dtype: str, cpu: bool):
   """The config of a tokenizer case; on CPU the tiny demo with the same loss switches."""
   if cpu:
-    config = load_config(str(ROOT / "configs/demo/tokenizer.py") + ":tiny")
+    config = load_config("configs/demo/tokenizer.py:tiny")
   else:
-    config = load_config(str(ROOT / "configs/tokenizers/llamagen_vq16.py"))
+    config = load_config("configs/tokenizers/llamagen_vq16.py")
   config.train.compute_dtype = DTYPES[dtype]
   config.mesh.shape = (1, 1, 1)
   if case == "tokenizer-full":
@@ -140,13 +140,12 @@ def bench_tokenizer(case: str, batch: int, args, cpu: bool) -> dict:
   config = tokenizer_config(case, args.dtype, cpu)
   config.train.batch_size = batch
   mesh = sharding.make_mesh(config.mesh.shape)
-  parts = state_lib.build_parts(config)
-  key, shardings, abstract = tokenizer_trainer.layout(parts, config, mesh)
+  parts = tokenizer_trainer.build_parts(config)
+  init, key, shardings, abstract, step = tokenizer_trainer.jitted_step(parts, config, mesh)
   images = random_images(batch, config.data.image_size, mesh)
   lpips, lpips_kind = lpips_params(config, mesh)
-  compiled = tokenizer_trainer.jit_train_step(parts, config, mesh, shardings).lower(
-      abstract, images, lpips).compile()
-  box = [tokenizer_trainer.init_fn(parts, config, shardings)(key)]
+  compiled = step.lower(abstract, images, lpips).compile()
+  box = [loop.jit_init(init, shardings)(key)]
 
   def call():
     box[0], metrics = compiled(box[0], images, lpips)
@@ -167,7 +166,7 @@ def bench_tokenizer(case: str, batch: int, args, cpu: bool) -> dict:
 
 def bench_encode(batch: int, args, cpu: bool) -> dict:
   config = tokenizer_config("encode", args.dtype, cpu)
-  tokenizer = state_lib.build_parts(config).tokenizer
+  tokenizer = tokenizer_trainer.build_parts(config).tokenizer
   size = config.data.image_size
   zeros = jnp.zeros((1, size, size, 3), jnp.float32)
   k = jax.random.key(0)
@@ -175,7 +174,7 @@ def bench_encode(batch: int, args, cpu: bool) -> dict:
                                                zeros))
   images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
                                                             np.uint8))
-  encode = jax.jit(lambda v, x: tokenizer.apply(v, tokenizer_trainer.to_float(x),
+  encode = jax.jit(lambda v, x: tokenizer.apply(v, image_lib.to_float(x),
                                                 method="encode"))
   compiled = encode.lower(variables, images).compile()
   seconds = median_seconds(lambda: compiled(variables, images), args.warmup, args.steps)

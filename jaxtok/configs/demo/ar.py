@@ -7,9 +7,10 @@ Run (`jaxtok demo` runs all of it as its part 3):
   jaxtok export --workdir runs/demo_tokenizer --out runs/demo_tokenizer/export
   jaxtok tokenize --model runs/demo_tokenizer/export --images IMAGE_FOLDER \
       --out runs/demo_tokens
-  jaxtok train --config configs/demo/generator.py --workdir runs/demo_generator \
+  jaxtok train --config configs/demo/ar.py --workdir runs/demo_ar \
       --config.data.path=runs/demo_tokens
-  jaxtok sample --model runs/demo_generator --tokenizer runs/demo_tokenizer/export \
+  jaxtok export --workdir runs/demo_ar --out runs/demo_ar/export
+  jaxtok sample --model runs/demo_ar/export --tokenizer runs/demo_tokenizer/export \
       --out runs/demo_samples
 
 Expected on 2048 crops tokenized by the 600-step demo tokenizer: the training cross-entropy
@@ -26,13 +27,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo generator config; arg "tiny" gives the test-sized variant."""
   tiny = arg == "tiny"
   if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/demo/generator.py takes no argument or 'tiny'; got {arg!r}")
+    raise ValueError(f"configs/demo/ar.py takes no argument or 'tiny'; got {arg!r}")
   c = ml_collections.ConfigDict()
-  c.trainer = "generator"  # `jaxtok train` dispatches to jaxtok/train/generator_trainer.py
+  c.trainer = "ar"  # `jaxtok train` runs jaxtok/train/ar_trainer.py
   c.seed = 0
-  # GPT fields (jaxtok.models.generators.ar); token_shape and codebook_size must match the
-  # token directory's metadata.json.
-  c.model = dict(name="generators.ar", codebook_size=32 if tiny else 256,
+  # "<module>.<Class>" under jaxtok.models.generators and GPT fields; token_shape and
+  # codebook_size must match the token directory's metadata.json.
+  c.model = dict(name="ar.GPT", codebook_size=32 if tiny else 256,
                  token_shape=(4, 4) if tiny else (8, 8), num_classes=0,
                  width=32 if tiny else 128, depth=2 if tiny else 4,
                  num_heads=2 if tiny else 4, mlp_dim=64 if tiny else 384,

@@ -13,7 +13,8 @@ metadata.json carries a "labels" list (one class id per record):
 
   jaxtok train --config configs/generators/llamagen_gpt_b.py --workdir runs/gpt_b \
       --config.data.path=/data/imagenet_vq16_tokens
-  jaxtok sample --model runs/gpt_b --tokenizer runs/llamagen_vq16/export --out samples \
+  jaxtok export --workdir runs/gpt_b --out runs/gpt_b/export
+  jaxtok sample --model runs/gpt_b/export --tokenizer runs/llamagen_vq16/export --out samples \
       --class-id 207 --cfg-scale 2.0
 
 Expected, per LlamaGen's paper: FID about 5.46 on ImageNet 256x256 with cfg 2.0.
@@ -29,12 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, ""):
     raise ValueError(f"configs/generators/llamagen_gpt_b.py takes no argument; got {arg!r}")
   c = ml_collections.ConfigDict()
-  c.trainer = "generator"
+  c.trainer = "ar"
   c.seed = 0
-  # ar.PRESETS["GPT-B"]: width 768, depth 12, 12 heads; mlp_dim None = LlamaGen's 2048.
-  c.model = dict(name="generators.ar", codebook_size=16384, token_shape=(16, 16),
-                 num_classes=1000, width=768, depth=12, num_heads=12, mlp_dim=None,
-                 cond_dropout=0.1, token_dropout=0.1, resid_dropout=0.1)
+  # GPT.PRESETS["GPT-B"]: width 768, depth 12, 12 heads, LlamaGen's SwiGLU width 2048.
+  c.model = dict(name="ar.GPT", preset="GPT-B", codebook_size=16384, token_shape=(16, 16),
+                 num_classes=1000, cond_dropout=0.1, token_dropout=0.1, resid_dropout=0.1)
   c.optimizer = dict(lr=1e-4, warmup_steps=0, schedule="constant", end_factor=1.0, b1=0.9,
                      b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip_norm=1.0)
   c.data = dict(path="", labels="metadata")

@@ -11,14 +11,11 @@ vq_train.py keeps); 40 epochs of ImageNet = 40 x 10009 steps.
 
 Run on a GPU or TPU host (ImageNet train/ and val/ folders of JPEGs, or ArrayRecord shards):
 
-  python -c "from configs.tokenizers.llamagen_vq16 import get_config; \
-    from jaxtok.train import train; c = get_config(); \
-    c.data.path = '/data/imagenet/train'; c.data.eval_path = '/data/imagenet/val'; \
-    train(c, 'runs/llamagen_vq16')"
+  jaxtok train --config configs/tokenizers/llamagen_vq16.py --workdir runs/llamagen_vq16 \
+      --config.data.path=/data/imagenet/train --config.data.eval_path=/data/imagenet/val
 
-(or `jaxtok train --config configs/tokenizers/llamagen_vq16.py --config.data.path=...` once
-the CLI has the command). Expected, per LlamaGen's README: rFID 2.19 on ImageNet 256x256
-(16x16 tokens); the paper reports about 97% codebook usage.
+Expected, per LlamaGen's README: rFID 2.19 on ImageNet 256x256 (16x16 tokens); the paper
+reports about 97% codebook usage.
 """
 
 import ml_collections
@@ -29,20 +26,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, ""):
     raise ValueError(f"configs/tokenizers/llamagen_vq16.py takes no argument; got {arg!r}")
   c = ml_collections.ConfigDict()
-  c.trainer = "tokenizer"  # `jaxtok train` dispatches to jaxtok/train/tokenizer_trainer.py
+  c.trainer = "tokenizer"
   c.seed = 0
-  # VQGANConfig of the "llamagen-vq16" preset (71.9 M parameters with the quantizer).
-  c.model = dict(name="tokenizers.vqgan", config=dict(
-      ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, decoder_res_blocks=3, attention=True,
-      z_channels=256))
+  c.model = dict(name="vqgan.VQGAN", preset="llamagen-vq16")  # 71.9 M params with the VQ
   c.quantizer = dict(name="vq.VectorQuantizer", codebook_size=16384, dim=8, metric="cosine",
                      beta=0.25, codebook_weight=1.0, entropy_weight=0.0)
-  c.discriminator = dict(name="PatchGANDiscriminator", base_features=64, num_layers=3,
-                         norm="batch", num_groups=32)
+  c.discriminator = dict(name="discriminators.PatchGANDiscriminator", base_features=64,
+                         num_layers=3, norm="batch", num_groups=32)
   c.loss = dict(reconstruction="l2", reconstruction_weight=1.0, perceptual_weight=1.0,
                 disc_weight=0.5, disc_start=20_000, adaptive_weight=False,
                 adaptive_weight_layer="decoder/conv_out/kernel", gan_loss="hinge",
-                gen_loss="hinge")
+                gen_loss="hinge", lecam_weight=0.0, lecam_decay=0.999)
   adam = dict(lr=1e-4, warmup_steps=0, schedule="constant", end_factor=1.0, b1=0.9, b2=0.95,
               eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
   c.optimizer = dict(adam)

@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config(arg)` files (see jaxtok/config.py)."""
