@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtok.models.presets import Presets
+
 Dtype = Any
 
 
@@ -32,7 +34,7 @@ def _normal_around_one(stddev: float):
   return init
 
 
-class PatchGANDiscriminator(nn.Module):
+class PatchGANDiscriminator(Presets, nn.Module):
   """N-layer PatchGAN in the taming-transformers / LlamaGen `NLayerDiscriminator` layout.
 
   4x4 convs: one stride-2 conv + LeakyReLU(0.2); `num_layers - 1` stride-2 conv + norm +
@@ -59,6 +61,13 @@ class PatchGANDiscriminator(nn.Module):
     "group": GroupNorm(`num_groups`), no state, per-sample: the choice for stateless training.
     "none": no normalisation (convs keep their bias).
   """
+
+  PRESETS = {
+      # taming-transformers / LlamaGen NLayerDiscriminator (ndf 64, n_layers 3, BatchNorm).
+      "taming": dict(base_features=64, num_layers=3, norm="batch"),
+      # For tests and CPU demos: 6x6 logits for 32x32 inputs.
+      "tiny": dict(base_features=8, num_layers=2, norm="batch"),
+  }
 
   base_features: int = 64  # ndf: channels of the first conv
   num_layers: int = 3  # n_layers: number of stride-2 convs
@@ -166,7 +175,7 @@ class _StyleGANResBlock(nn.Module):
     return (h + skip) * 2**-0.5
 
 
-class StyleGANDiscriminator(nn.Module):
+class StyleGANDiscriminator(Presets, nn.Module):
   """StyleGAN2 residual discriminator, in the layout of MaskGIT's / MAGVIT's, plus StyleGAN2's
   minibatch-stddev layer. Returns logits [B] (f32).
 
@@ -181,6 +190,10 @@ class StyleGANDiscriminator(nn.Module):
   group of 4 the batch must be a multiple of min(4, B).
   """
 
+  PRESETS = {
+      "tiny": dict(base_features=4, max_features=16),  # for tests and CPU demos
+  }
+
   base_features: int = 64  # channels at 256x256 resolution
   max_features: int = 512  # cap on channels at low resolutions
   blur: bool = True  # downsample by a [1, 3, 3, 1] blur + stride 2; False: 2x2 average pool
@@ -192,7 +205,10 @@ class StyleGANDiscriminator(nn.Module):
     return max(1, min(self.max_features, self.base_features * 256 // resolution))
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+  def __call__(self, x_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
+    # `train` only matches PatchGAN's signature: no batch statistics or dropout here, so both
+    # modes compute the same logits.
+    del train
     _check_images(x_BHWC, "x")
     size = x_BHWC.shape[1]
     if x_BHWC.shape[2] != size or size < 4 or size & (size - 1):

@@ -126,6 +126,23 @@ def test_stylegan_rejects_bad_sizes_and_batches():
   assert out_shape(no_mbstd, (6, 16, 16, 3)) == (6,)
 
 
+@pytest.mark.parametrize("cls", [PatchGANDiscriminator, StyleGANDiscriminator])
+def test_both_discriminators_take_the_train_keyword(cls):
+  """One call for either: train=True/False. StyleGAN has no batch statistics, so its logits
+  do not depend on the mode; PatchGAN's BatchNorm does (test_patchgan_batchnorm_state)."""
+  model = cls.from_preset("tiny")
+  x = _images(4, 32)
+  variables = jax.jit(model.init)(_key(0), x)
+  mutable = ["batch_stats"] if "batch_stats" in variables else False
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=mutable))(variables, x)
+  logits_train = train[0] if mutable else train
+  logits_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  chex.assert_equal_shape([logits_train, logits_eval])
+  chex.assert_tree_all_finite((logits_train, logits_eval))
+  if cls is StyleGANDiscriminator:
+    np.testing.assert_array_equal(logits_train, logits_eval)
+
+
 PATCH = PatchGANDiscriminator(base_features=8)
 STYLE = StyleGANDiscriminator(base_features=4, max_features=16, blur=False)
 

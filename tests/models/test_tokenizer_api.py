@@ -183,7 +183,7 @@ QUANTIZERS = {  # name: (quantizer, index dims per token)
 def test_every_quantizer_plugs_in(name):
   quantizer, index_dims = QUANTIZERS[name]
   # attention=False keeps this test's ~9 compilations short; the presets test covers attention.
-  model = VQGAN.from_preset("tiny", quantizer=quantizer, attention=False)
+  model = VQGAN.from_preset("tiny", quantizer=quantizer, config={"attention": False})
 
   discrete = index_dims is not None
 

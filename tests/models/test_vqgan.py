@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jaxtok.models.tokenizers.vqgan import VQGAN, VQGAN_PRESETS
+from jaxtok.models.tokenizers.vqgan import VQGAN
 from jaxtok.quantizers.base import QuantizerOutput
 from jaxtok.quantizers.fsq import FSQ
 from jaxtok.quantizers.vq import VectorQuantizer
@@ -154,18 +154,21 @@ def test_maskgit_param_count():
 
 
 def test_presets_table():
-  assert set(VQGAN_PRESETS) >= {"llamagen-vq16", "llamagen-vq8", "maskgit-f16", "tiny"}
-  assert VQGAN_PRESETS["llamagen-vq16"].downsample_factor == 16
-  assert VQGAN_PRESETS["llamagen-vq8"].downsample_factor == 8
-  assert VQGAN_PRESETS["maskgit-f16"].downsample_factor == 16
+  presets = VQGAN.PRESETS
+  assert set(presets) >= {"llamagen-vq16", "llamagen-vq8", "maskgit-f16", "tiny"}
+  assert presets["llamagen-vq16"]["config"].downsample_factor == 16
+  assert presets["llamagen-vq8"]["config"].downsample_factor == 8
+  assert presets["maskgit-f16"]["config"].downsample_factor == 16
   with pytest.raises(ValueError, match="unknown VQGAN preset"):
     VQGAN.from_preset("vq-16", quantizer=VectorQuantizer(codebook_size=4, dim=4))
-  with pytest.raises(TypeError):
-    VQGAN.from_preset("tiny", quantizer=VectorQuantizer(codebook_size=4, dim=4), chanels=3)
+  with pytest.raises(ValueError, match="'chanels'"):
+    VQGAN.from_preset("tiny", quantizer=VectorQuantizer(codebook_size=4, dim=4),
+                      config={"chanels": 3})
 
 
 def test_widths_must_suit_group_norm():
-  model = VQGAN.from_preset("tiny", quantizer=VectorQuantizer(codebook_size=4, dim=4), ch=16)
+  model = VQGAN.from_preset("tiny", quantizer=VectorQuantizer(codebook_size=4, dim=4),
+                            config={"ch": 16})
   with pytest.raises(ValueError, match="divisible by 32"):
     jax.eval_shape(model.init, KEY, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
 
@@ -198,8 +201,8 @@ def test_init_shards_over_a_mesh_with_logical_rules():
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
   rules = [("conv_in", "fsdp"), ("conv_out", "tensor"), ("norm", None)]
-  model = VQGAN.from_preset("tiny", quantizer=FSQ(levels=(5, 5, 5)), ch_mult=(1,),
-                            attention=False)
+  model = VQGAN.from_preset("tiny", quantizer=FSQ(levels=(5, 5, 5)),
+                            config={"ch_mult": (1,), "attention": False})
   images = jnp.zeros((2, 8, 8, 3))
   abstract = jax.eval_shape(model.init, KEY, images)
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
@@ -219,7 +222,7 @@ def test_every_preset_runs_at_tiny_width(preset, size):
     overrides["z_channels"] = 32
   quantizer = VectorQuantizer(codebook_size=64, dim=8 if preset != "maskgit-f16" else 32,
                               metric="cosine" if preset.startswith("llamagen") else "l2")
-  model = VQGAN.from_preset(preset, quantizer=quantizer, **overrides)
+  model = VQGAN.from_preset(preset, quantizer=quantizer, config=overrides)
   images = jax.random.uniform(jax.random.key(1), (2, size, size, 3), minval=-1, maxval=1)
   out = jax.jit(lambda x: model.apply(model.init(KEY, x), x))(images)
   grid = model.token_shape(images.shape)

@@ -35,15 +35,7 @@ from jaxtok.layers.attention import Implementation, KVCache
 from jaxtok.layers.rope import grid_positions
 from jaxtok.layers.transformer import Transformer
 from jaxtok.models.generators import sampling
-
-# LlamaGen's class-conditional sizes (its parameter counts with 16384 codes, 1000 classes).
-PRESETS = {
-    "GPT-B": dict(width=768, depth=12, num_heads=12),  # 111 M
-    "GPT-L": dict(width=1024, depth=24, num_heads=16),  # 343 M
-    "GPT-XL": dict(width=1280, depth=36, num_heads=20),  # 775 M
-    "GPT-XXL": dict(width=1536, depth=48, num_heads=24),  # 1.4 B
-    "GPT-XXXL": dict(width=2560, depth=48, num_heads=40),  # 3.9 B
-}
+from jaxtok.models.presets import Presets
 
 _EMBED_INIT = nn.initializers.normal(0.02)  # LlamaGen's initializer_range
 
@@ -52,13 +44,6 @@ def llamagen_mlp_dim(width: int, multiple_of: int = 256) -> int:
   """LlamaGen's (and Llama's) SwiGLU hidden width: int(2/3 * 4E) rounded up to multiple_of."""
   hidden = int(2 * 4 * width / 3)
   return -(-hidden // multiple_of) * multiple_of
-
-
-def from_preset(name: str, **fields) -> "GPT":
-  """A GPT of a published size ("GPT-B", ...), other fields passed through."""
-  if name not in PRESETS:
-    raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {name!r}")
-  return GPT(**PRESETS[name], **fields)
 
 
 def token_positions(token_shape: tuple[int, ...], index: jax.Array) -> jax.Array:
@@ -112,12 +97,22 @@ class ConditionEmbed(nn.Module):
     return jnp.concatenate([tokens_BPE, h.astype(tokens_BPE.dtype)], axis=1)
 
 
-class GPT(nn.Module):
+class GPT(Presets, nn.Module):
   """Class-conditional (optionally prefix-conditioned) autoregressive token transformer.
 
   `logits` (= `__call__`) is the teacher-forced training forward; `sample` the jitted
-  KV-cache sampler; `prefill` / `decode_step` / `init_cache` its pieces.
+  KV-cache sampler; `prefill` / `decode_step` / `init_cache` its pieces. Presets give the
+  sizes only: `GPT.from_preset("GPT-B", codebook_size=16384)`.
   """
+
+  # LlamaGen's class-conditional sizes (its parameter counts with 16384 codes, 1000 classes).
+  PRESETS = {
+      "GPT-B": dict(width=768, depth=12, num_heads=12),  # 111 M
+      "GPT-L": dict(width=1024, depth=24, num_heads=16),  # 343 M
+      "GPT-XL": dict(width=1280, depth=36, num_heads=20),  # 775 M
+      "GPT-XXL": dict(width=1536, depth=48, num_heads=24),  # 1.4 B
+      "GPT-XXXL": dict(width=2560, depth=48, num_heads=40),  # 3.9 B
+  }
 
   codebook_size: int  # K, the tokenizer's number of codes
   token_shape: tuple[int, ...] = (16, 16)  # the tokenizer's grid: (h, w) or (n,)
@@ -186,7 +181,7 @@ class GPT(nn.Module):
     """Image tokens at flat grid indices index_T -> embeddings [B, T, E] (f32)."""
     x_BTE = self.token_embed(tokens_BT)
     if self.positions == "learned":
-      x_BTE = x_BTE + self.pos_embed[index_T]
+      x_BTE = x_BTE + self.pos_embed[index_T][None]
     return x_BTE
 
   def _rope_args(self, index_T: jax.Array, is_cond_T: jax.Array):

@@ -35,11 +35,7 @@ from jaxtok.layers.attention import Implementation
 from jaxtok.layers.transformer import MlpActivation, NormKind, Transformer
 from jaxtok.models.generators import sampling
 from jaxtok.models.generators.ar import check_token_shape, token_positions
-
-PRESETS = {
-    "MaskGIT": dict(width=768, depth=24, num_heads=16, mlp_dim=3072, codebook_size=1024,
-                    token_shape=(16, 16)),
-}
+from jaxtok.models.presets import Presets
 
 _EMBED_INIT = nn.initializers.normal(0.02)
 
@@ -89,8 +85,14 @@ def remask_lowest_confidence(rng: jax.Array, log_prob_BT: jax.Array, known_BT: j
   return ranks_BT < count_B[:, None]
 
 
-class MaskGIT(nn.Module):
+class MaskGIT(Presets, nn.Module):
   """Masked token transformer: `logits` (training forward on masked input) and `sample`."""
+
+  PRESETS = {
+      # The ImageNet 256 model of Chang et al. 2022, over its VQGAN's 16 x 16 grid of 1024 codes.
+      "MaskGIT": dict(width=768, depth=24, num_heads=16, mlp_dim=3072, codebook_size=1024,
+                      token_shape=(16, 16)),
+  }
 
   codebook_size: int  # K; the mask id is K
   token_shape: tuple[int, ...] = (16, 16)  # the tokenizer's grid: (h, w) or (n,)
@@ -138,7 +140,7 @@ class MaskGIT(nn.Module):
     if self.positions == "learned":
       x_BTE = x_BTE + self.param(
           "pos_embed", nn.with_logical_partitioning(_EMBED_INIT, (None, "embed")),
-          (num_tokens, self.width))
+          (num_tokens, self.width))[None]
     elif self.positions == "rope":
       rope = "2d" if len(self.token_shape) == 2 else "1d"
       index = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.arange(num_tokens)])

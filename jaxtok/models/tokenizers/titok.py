@@ -31,6 +31,7 @@ from jaxtok.layers.attention import Implementation
 from jaxtok.layers.embed import dense, embedding_param
 from jaxtok.layers.patchify import patchify, unpatchify
 from jaxtok.layers.transformer import Transformer
+from jaxtok.models.presets import Presets
 from jaxtok.models.tokenizers.tokenizer import (
     Tokenizer, TokenizerOutput, check_tokens, prepare_images, spatial_shape)
 from jaxtok.models.tokenizers.vit import ViTSize, codes_from_indices, resolve_size
@@ -43,12 +44,6 @@ TITOK_SIZES = {
     "large": ViTSize(width=1024, depth=24, num_heads=16, mlp_dim=4096),
 }
 
-# Published presets (fields of TiTok); all use patch 16 on 256x256 images.
-PRESETS = {
-    "S-128": dict(encoder_size="small", decoder_size="small", num_latent_tokens=128),
-    "B-64": dict(encoder_size="base", decoder_size="base", num_latent_tokens=64),
-    "L-32": dict(encoder_size="large", decoder_size="large", num_latent_tokens=32),
-}
 # The published quantizer: VQ with 4096 codes of 12 dims, l2-normalised, commitment 0.25.
 CODEBOOK = dict(codebook_size=4096, code_dim=12)
 
@@ -142,8 +137,19 @@ class TiTokDecoder(nn.Module):
     return conv_out(image).astype(jnp.float32)
 
 
-class TiTok(Tokenizer):
-  """TiTok 1D tokenizer: images -> K tokens -> images; any prefix of the tokens decodes."""
+class TiTok(Presets, Tokenizer):
+  """TiTok 1D tokenizer: images -> K tokens -> images; any prefix of the tokens decodes.
+
+  `TiTok.from_preset("L-32", quantizer=q)` builds a published size; `CODEBOOK` is the
+  quantizer it was published with.
+  """
+
+  # Published sizes; all use patch 16 on 256x256 images.
+  PRESETS = {
+      "S-128": dict(encoder_size="small", decoder_size="small", num_latent_tokens=128),
+      "B-64": dict(encoder_size="base", decoder_size="base", num_latent_tokens=64),
+      "L-32": dict(encoder_size="large", decoder_size="large", num_latent_tokens=32),
+  }
 
   quantizer: nn.Module  # any jaxtok quantizer, built by the caller
   image_size: int = 256  # H = W (learned positions fix it)
@@ -231,10 +237,3 @@ def prefix_keep_mask(rng: jax.Array, batch: int, num_tokens: int,
   k_B = jax.random.randint(rng, (batch,), min_tokens, num_tokens + 1)
   return jnp.arange(num_tokens)[None, :] < k_B[:, None]
 
-
-def titok(preset: str, quantizer: nn.Module, **overrides) -> TiTok:
-  """A TiTok with a published preset's sizes ("S-128", "B-64", "L-32"), e.g.
-  `titok("L-32", VectorQuantizer(...))`; `overrides` replace any other TiTok field."""
-  if preset not in PRESETS:
-    raise ValueError(f"unknown TiTok preset {preset!r}; choose one of {sorted(PRESETS)}")
-  return TiTok(quantizer=quantizer, **{**PRESETS[preset], **overrides})

@@ -23,6 +23,7 @@ from jaxtok.layers.attention import Implementation
 from jaxtok.layers.embed import dense, embedding_param
 from jaxtok.layers.patchify import patchify, unpatchify
 from jaxtok.layers.transformer import Transformer
+from jaxtok.models.presets import Presets
 from jaxtok.models.tokenizers.tokenizer import (
     Tokenizer, TokenizerOutput, check_divisible, check_tokens, prepare_images, spatial_shape)
 
@@ -80,12 +81,21 @@ class _TanhHead(nn.Module):
     return dense(self.features, "out", self.dtype, ("mlp", None))(h)
 
 
-class ViTTokenizer(Tokenizer):
+class ViTTokenizer(Presets, Tokenizer):
   """ViT encoder -> Dense to quantizer.input_dim -> quantizer -> Dense -> ViT decoder.
 
   Tokens form an (H/p, W/p) grid. With learned positions the image size is fixed to
   `image_size`; with 2D RoPE any H, W divisible by p is accepted.
   """
+
+  PRESETS = {
+      # The paper's ViT-VQGAN-SS and -SL: a small encoder with a small or a large decoder,
+      # patch 8 on 256x256 images (32x32 tokens); published with VQ 8192 x 32, l2-normalized.
+      "ViT-VQGAN-SS": dict(encoder_size="S", decoder_size="S", patch_size=8, image_size=256),
+      "ViT-VQGAN-SL": dict(encoder_size="S", decoder_size="L", patch_size=8, image_size=256),
+      # For tests and CPU demos: 32x32 images, 8x8 tokens.
+      "tiny": dict(encoder_size="tiny", decoder_size="tiny", patch_size=4, image_size=32),
+  }
 
   quantizer: nn.Module  # any jaxtok quantizer, built by the caller
   encoder_size: str | ViTSize = "S"  # name in VIT_SIZES, or a ViTSize

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxtok.layers.conv import (AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
                                 conv2d, swish)
+from jaxtok.models.presets import Presets
 from jaxtok.models.tokenizers.tokenizer import (Tokenizer, TokenizerOutput, check_tokens,
                                                 prepare_images, spatial_shape)
 
@@ -60,24 +61,6 @@ class VQGANConfig:
   @property
   def downsample_factor(self) -> int:
     return 2 ** (len(self.ch_mult) - 1)
-
-
-# Named sizes. The quantizer each was published with is given in the comment; build it and
-# pass it as `quantizer=` (see VQGAN.from_preset).
-VQGAN_PRESETS: dict[str, VQGANConfig] = {
-    # LlamaGen VQ-16 (Sun et al. 2024): f16, VQ 16384 x 8 l2-normalized; 71,883,403 params.
-    "llamagen-vq16": VQGANConfig(),
-    # LlamaGen VQ-8: f8, VQ 16384 x 8 l2-normalized; 70,109,835 params.
-    "llamagen-vq8": VQGANConfig(ch_mult=(1, 2, 2, 4)),
-    # MaskGIT VQGAN (Chang et al. 2022): f16, VQ 1024 x 256 (not normalized), no attention;
-    # 54,515,587 params.
-    "maskgit-f16": VQGANConfig(
-        decoder_res_blocks=2, attention=False, quant_conv=False, encoder_out_kernel=1,
-        conv_bias=False, shortcut_from_output=True, downsample="avgpool"),
-    # For tests and CPU demos: f2 (two levels), about 0.6 M params.
-    "tiny": VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, decoder_res_blocks=1,
-                        z_channels=32),
-}
 
 
 class _Level(nn.Module):
@@ -166,25 +149,35 @@ class Decoder(nn.Module):
     return conv2d(cfg.out_channels, 3, dtype=self.dtype, out_axis=None, name="conv_out")(h)
 
 
-class VQGAN(Tokenizer):
+class VQGAN(Presets, Tokenizer):
   """CNN encoder-quantizer-decoder tokenizer; see the module docstring and tokenizer.py.
 
   Indices are whatever `quantizer.encode` returns on the [B, h, w, D] latent grid: [B, h, w]
   for one codebook, [B, h, w, L] / [B, h, w, G] for residual / grouped quantizers.
+
+  `VQGAN.from_preset(name, quantizer=q, config={"ch": 32})` builds a preset (config entries
+  in the mapping replace the preset's). The comment on each preset names the quantizer it was
+  published with: build that and pass it as `quantizer=`.
   """
+
+  PRESETS = {
+      # LlamaGen VQ-16 (Sun et al. 2024): f16, VQ 16384 x 8 l2-normalized; 71,883,403 params.
+      "llamagen-vq16": {"config": VQGANConfig()},
+      # LlamaGen VQ-8: f8, VQ 16384 x 8 l2-normalized; 70,109,835 params.
+      "llamagen-vq8": {"config": VQGANConfig(ch_mult=(1, 2, 2, 4))},
+      # MaskGIT VQGAN (Chang et al. 2022): f16, VQ 1024 x 256 (not normalized), no attention;
+      # 54,515,587 params.
+      "maskgit-f16": {"config": VQGANConfig(
+          decoder_res_blocks=2, attention=False, quant_conv=False, encoder_out_kernel=1,
+          conv_bias=False, shortcut_from_output=True, downsample="avgpool")},
+      # For tests and CPU demos: f2 (two levels), about 0.6 M params.
+      "tiny": {"config": VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                     decoder_res_blocks=1, z_channels=32)},
+  }
 
   quantizer: nn.Module  # any jaxtok quantizer (input_dim, code_dim, codebook_size, encode, ...)
   config: VQGANConfig = VQGANConfig()
   dtype: Dtype = jnp.float32  # compute dtype; params are f32; the quantizer always sees f32
-
-  @classmethod
-  def from_preset(cls, name: str, *, quantizer: nn.Module, dtype: Dtype = jnp.float32,
-                  **overrides) -> "VQGAN":
-    """VQGAN_PRESETS[name] with VQGANConfig fields replaced by `overrides` (e.g. ch=32)."""
-    if name not in VQGAN_PRESETS:
-      raise ValueError(f"unknown VQGAN preset {name!r}; known: {sorted(VQGAN_PRESETS)}")
-    config = dataclasses.replace(VQGAN_PRESETS[name], **overrides)
-    return cls(quantizer=quantizer, config=config, dtype=dtype)
 
   def setup(self):
     cfg = self.config
