@@ -19,3 +19,7 @@ import jax  # noqa: E402
 # (20 normals: 9 s against 1.3 s with 8 fake devices, jax 0.12); every model init pays it.
 # The classic form draws other (equally valid) numbers, identically sharded or not.
 jax.config.update("jax_threefry_partitionable", False)
+
+# Broadcasting across ranks must be written out (x[:, None], reshape): an implicit promotion
+# is an error in every test, so shape bugs cannot hide behind it.
+jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -75,7 +75,9 @@ class GroupNorm(nn.Module):
     mean = grouped.mean(axis=reduce_axes, keepdims=True)
     var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
     normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-    return (normed * scale + bias).astype(self.dtype)
+    channel_axes = tuple(range(x.ndim - 1))  # [C] -> [1, ..., 1, C]
+    return (normed * jnp.expand_dims(scale, channel_axes)
+            + jnp.expand_dims(bias, channel_axes)).astype(self.dtype)
 
 
 class ResnetBlock(nn.Module):

