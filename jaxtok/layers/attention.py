@@ -5,11 +5,12 @@ Shape letters: B batch, T query tokens, S key/value tokens, N heads, H head dim,
 `dot_product_attention` is the single place attention is computed. `Attention.decode` is the
 KV-cache path of causal models: new tokens' keys and values are written into a preallocated
 `KVCache` at a running index and the queries attend to every cached position up to their own.
- On GPU it asks cuDNN's
-fused (flash) kernel for bf16/fp16 inputs of a shape cuDNN takes, and uses XLA otherwise
-(CPU, TPU, f32, unsupported head dims, or whenever cuDNN refuses at trace time). Both paths
-keep the softmax statistics in f32. `jax.nn.dot_product_attention(implementation=None)`
-never picks cuDNN by itself, hence the explicit choice here (see NOTES.md).
+
+On GPU `dot_product_attention` asks cuDNN's fused (flash) kernel for bf16/fp16 inputs of a
+shape cuDNN takes, and uses XLA otherwise (CPU, TPU, f32, unsupported head dims, or whenever
+cuDNN refuses at trace time). Both paths keep the softmax statistics in f32.
+`jax.nn.dot_product_attention(implementation=None)` never picks cuDNN by itself, hence the
+explicit choice here.
 """
 
 from typing import Literal, NamedTuple

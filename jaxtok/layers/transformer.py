@@ -149,7 +149,7 @@ class Transformer(nn.Module):
   """A stack of `num_layers` pre-norm blocks, then an optional final norm.
 
   With scan_layers=True (default) the blocks run under `nn.scan`: one block is traced and
-  compiled whatever the depth (compile time stays flat from 2 to 24 layers; NOTES.md), and
+  compiled whatever the depth (compile time stays flat from 2 to 24 layers), and
   parameters are stacked with a leading [num_layers] axis named "layers". scan_layers=False
   unrolls a Python loop with per-layer parameter trees (layer_0, layer_1, ...), handy for
   checkpoint conversion or per-layer inspection. Fields below the first three are the

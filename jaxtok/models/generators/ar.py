@@ -1,22 +1,11 @@
 """Autoregressive token generator: LlamaGen's GPT (Sun et al. 2024, "Autoregressive Model Beats
 Diffusion: Llama for Scalable Image Generation").
 
-Layout of FoundationVision/LlamaGen `autoregressive/models/gpt.py` (class-conditional "c2i"),
-so its published weights map one to one (wqkv splits into query/key/value):
-  sequence = [P condition tokens, image tokens 0 .. T-2] -> logits for image tokens 0 .. T-1
-  - condition tokens: a class embedding with num_classes + 1 rows (the last is the null class
-    of classifier-free guidance, used where the condition is dropped), then optionally P - 1
-    prefix embeddings (other conditions) through a 2-layer bias-free tanh-GELU MLP, as
-    LlamaGen's caption embedder, with a learned null prefix;
-  - token embedding [K, E]; dropout on all input embeddings ("token dropout", p = 0.1);
-  - pre-norm blocks: RMSNorm (eps 1e-5), bias-free attention, SwiGLU MLP of hidden width
-    round_up(int(8E/3), 256), dropout on both residual branches (p = 0.1);
-  - final RMSNorm, bias-free zero-initialised output head [E, K];
-  - 2D RoPE over the (row, column) of the token grid, or 1D RoPE for 1D tokenizers (TiTok),
-    or learned positions. Under RoPE the condition tokens' q and k are zero: LlamaGen's rotary
-    table holds zeros (not the identity) for them, and exact conversion needs the same.
-Initialisers are jaxtok's (normal 0.02 embeddings, xavier-uniform projections); LlamaGen's
-differ, which matters only when training from scratch.
+The layout is that of FoundationVision/LlamaGen `autoregressive/models/gpt.py`
+(class-conditional "c2i"), so its published weights map one to one (wqkv splits into
+query/key/value); see `GPT` for the details. Initialisers are jaxtok's (normal 0.02
+embeddings, xavier-uniform projections); LlamaGen's differ, which matters only when training
+from scratch.
 
 Shape letters: B batch, T = prod(token_shape) image tokens, P condition tokens, S = P + T - 1
 the sequence the transformer reads, E width, K codebook size, C prefix_dim.
@@ -103,6 +92,19 @@ class GPT(Presets, nn.Module):
   `logits` (= `__call__`) is the teacher-forced training forward; `sample` the jitted
   KV-cache sampler; `prefill` / `decode_step` / `init_cache` its pieces. Presets give the
   sizes only: `GPT.from_preset("GPT-B", codebook_size=16384)`.
+
+  sequence = [P condition tokens, image tokens 0 .. T-2] -> logits for image tokens 0 .. T-1
+  - condition tokens: a class embedding with num_classes + 1 rows (the last is the null class
+    of classifier-free guidance, used where the condition is dropped), then optionally P - 1
+    prefix embeddings (other conditions) through a 2-layer bias-free tanh-GELU MLP, as
+    LlamaGen's caption embedder, with a learned null prefix;
+  - token embedding [K, E]; dropout on all input embeddings ("token dropout", p = 0.1);
+  - pre-norm blocks: RMSNorm (eps 1e-5), bias-free attention, SwiGLU MLP of hidden width
+    round_up(int(8E/3), 256), dropout on both residual branches (p = 0.1);
+  - final RMSNorm, bias-free zero-initialised output head [E, K];
+  - 2D RoPE over the (row, column) of the token grid, or 1D RoPE for 1D tokenizers (TiTok),
+    or learned positions. Under RoPE the condition tokens' q and k are zero: LlamaGen's rotary
+    table holds zeros (not the identity) for them, and exact conversion needs the same.
   """
 
   # LlamaGen's class-conditional sizes (its parameter counts with 16384 codes, 1000 classes).

@@ -2,22 +2,9 @@
 
 A bidirectional transformer reads [class token, T image tokens, some replaced by the mask id
 K] and predicts the code at every position. Training masks a cosine-scheduled number of
-tokens per sample (`random_mask`, a pure function). Sampling starts from all-mask and runs
-`num_steps` parallel steps as google-research/maskgit `libml/parallel_decode.py` does:
-  - every masked token is drawn (temperature / top-k / top-p, CFG on the logits);
-  - after step s of S (0-based), n_s = floor(N * cos(pi/2 * (s + 1) / S)) tokens stay masked
-    (N: masked at the start), clipped to [1, still masked - 1]: each step fixes at least one
-    token and keeps one for the next; the last step fixes all (`num_masked_after_step`);
-  - the least confident drawn tokens are re-masked, confidence = log p(drawn token) +
-    choice_temperature * (1 - (s + 1) / S) * Gumbel noise: an annealed randomness that
-    vanishes at the end (`remask_lowest_confidence`). Tokens fixed earlier never change.
-
-Layout: jaxtok's pre-norm blocks (the original is a post-norm BERT), a [K + 1, E] token
-table whose last row is the mask token, a class table with a null class for classifier-free
-guidance (condition dropout in training), learned positions (as the original) or RoPE (2D
-over (h, w), 1D for TiTok sequences; the class token's q and k are then zero, the GPT
-convention), a final norm and a [E, K] head with bias. Preset "MaskGIT": the ImageNet 256
-model (24 layers, width 768, 16 heads, MLP 3072) over a 16 x 16 grid of 1024 codes.
+tokens per sample; sampling follows google-research/maskgit `libml/parallel_decode.py` (see
+`MaskGIT.sample`). The schedule, masking and re-masking are pure functions, tested without
+Flax. Blocks are jaxtok's pre-norm ones (the original is a post-norm BERT), shared with GPT.
 
 Shape letters: B batch, T = prod(token_shape) image tokens, S steps, E width, K codebook size.
 """
@@ -60,7 +47,7 @@ def random_mask(rng: jax.Array, batch_size: int, num_tokens: int) -> jax.Array:
 
 
 def num_masked_after_step(step, num_steps: int, num_masked_start, num_masked_now):
-  """How many tokens stay masked after `step` (0-based) of `num_steps`; see the docstring.
+  """How many tokens stay masked after `step` (0-based) of `num_steps`; see MaskGIT.sample.
 
   Broadcasts over the batch ([B] counts); 0 after the last step. The 1e-4 slack keeps f32
   rounding from flooring an exact product (256 * cos(pi/3) = 128) one below.
@@ -86,7 +73,13 @@ def remask_lowest_confidence(rng: jax.Array, log_prob_BT: jax.Array, known_BT: j
 
 
 class MaskGIT(Presets, nn.Module):
-  """Masked token transformer: `logits` (training forward on masked input) and `sample`."""
+  """Masked token transformer: `logits` (training forward on masked input) and `sample`.
+
+  A [K + 1, E] token table whose last row is the mask token, a class table with a null class
+  for classifier-free guidance (condition dropout in training), learned positions (as the
+  original) or RoPE (2D over (h, w), 1D for TiTok sequences; the class token's q and k are
+  then zero, the GPT convention), pre-norm blocks, a final norm and a [E, K] head with bias.
+  """
 
   PRESETS = {
       # The ImageNet 256 model of Chang et al. 2022, over its VQGAN's 16 x 16 grid of 1024 codes.
@@ -197,6 +190,15 @@ class MaskGIT(Presets, nn.Module):
              cfg_schedule: sampling.CfgSchedule = "constant", temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, return_history: bool = False):
     """Samples int32 ids [B, *token_shape] by iterative parallel decoding (one jitted scan).
+
+    Starting from all-mask, each of the S steps:
+      - draws every masked token (temperature / top-k / top-p, CFG on the logits);
+      - keeps n_s = floor(N * cos(pi/2 * (s + 1) / S)) tokens masked after step s (0-based; N
+        masked at the start), clipped to [1, still masked - 1]: each step fixes at least one
+        token and keeps one for the next; the last step fixes all (`num_masked_after_step`);
+      - re-masks the least confident drawn tokens, confidence = log p(drawn token) +
+        choice_temperature * (1 - (s + 1) / S) * Gumbel noise, an annealed randomness that
+        vanishes at the end (`remask_lowest_confidence`). Tokens fixed earlier never change.
 
     Call on the unbound module. params, rng, labels, num_samples, cfg_*, temperature, top_k,
     top_p: as GPT.sample (CFG guides every step's logits; "linear" ramps over the steps).

@@ -1,21 +1,10 @@
 """TiTok: Yu et al. 2024, "An Image is Worth 32 Tokens for Reconstruction and Generation".
 
-A 1D tokenizer. The encoder ViT reads [class token, h*w patches, K latent tokens]; only the K
-latent tokens leave it, projected to the quantizer's input_dim. The decoder ViT reads
-[class token, h*w mask tokens, K embedded codes] and turns its h*w patch outputs into pixels.
-
-Layout and sizes follow bytedance/1d-tokenizer (modeling/modules/blocks.py TiTokEncoder /
-TiTokDecoder, configs/infer/TiTok/*.yaml) in its single-stage form (`is_legacy: False`: the
-decoder predicts RGB patches, then a 3x3 conv), so parameter counts match that PyTorch model:
-pre-norm CLIP-style blocks (LayerNorm eps 1e-5, exact GELU, MLP 4x), ln_pre before the stack,
-ln_post after it. Published presets: S-128, B-64, L-32 with patch 16 on 256x256 images and a
-4096 x 12 codebook (`CODEBOOK`); any jaxtok quantizer plugs in.
-
-Nested (prefix) token dropout (FlexTok, Bachmann et al. 2025; One-D-Piece, Miwa et al. 2025):
-with `prefix_dropout_min_tokens` set and train=True, each example draws k uniformly from
-[min_tokens, K] (rng stream "dropout") and decoder inputs at positions >= k are replaced by
-the mask token, so the decoder learns to decode any prefix. `decode` accepts any prefix of
-1 <= k <= K tokens and fills the rest with mask tokens the same way.
+A 1D tokenizer: K learned latent tokens read the image patches in the encoder ViT, and only
+they reach the quantizer. The layout is bytedance/1d-tokenizer's single-stage form
+(`is_legacy: False`) so that parameter counts, and hence converted weights, match the
+published PyTorch models. Optional nested (prefix) token dropout trains the decoder on every
+prefix of the tokens, so a prefix alone decodes.
 
 Shape letters: B batch, K latent tokens, k a prefix length, T = h*w patches, E width, D
 quantizer input_dim, Q its code_dim, P = p*p*3 pixels per patch.
@@ -139,6 +128,18 @@ class TiTokDecoder(nn.Module):
 
 class TiTok(Presets, Tokenizer):
   """TiTok 1D tokenizer: images -> K tokens -> images; any prefix of the tokens decodes.
+
+  The encoder ViT reads [class token, h*w patches, K latent tokens]; only the K latent tokens
+  leave it, projected to the quantizer's input_dim. The decoder ViT reads [class token, h*w
+  mask tokens, K embedded codes] and turns its h*w patch outputs into RGB patches, then a 3x3
+  conv. Blocks are the reference's (modeling/modules/blocks.py TiTokEncoder / TiTokDecoder):
+  pre-norm CLIP-style (LayerNorm eps 1e-5, exact GELU, MLP 4x), ln_pre before the stack,
+  ln_post after it.
+
+  Nested token dropout (FlexTok, Bachmann et al. 2025; One-D-Piece, Miwa et al. 2025): with
+  `prefix_dropout_min_tokens` set and train=True, each example draws k uniformly from
+  [min_tokens, K] (rng stream "dropout") and decoder inputs at positions >= k become the mask
+  token. `decode` accepts any prefix of 1 <= k <= K tokens and fills the rest the same way.
 
   `TiTok.from_preset("L-32", quantizer=q)` builds a published size; `CODEBOOK` is the
   quantizer it was published with.

@@ -1,27 +1,11 @@
 """The Tokenizer API every image tokenizer implements, and the input checks they share.
 
-A tokenizer is a Linen module holding a `quantizer: nn.Module` field (any module from
-jaxtok/quantizers, built by the caller) plus its own architecture config, and implementing:
-
-  encode(images, *, return_latents=False) -> indices            (or (indices, latents))
-  decode(indices) -> images            (1D tokenizers also accept a prefix of the tokens)
-  decode_latents(latents) -> images    decoder on quantizer-space codes (e.g. KL samples)
-  __call__(images, *, train=False) -> TokenizerOutput(reconstruction, quantizer_output)
-  token_shape(image_shape) -> the token grid, e.g. (16, 16) for 256x256 at f16, (32,) for TiTok
-  downsample_factor            property: H and W must be divisible by it
+One API, so that trainers, evaluation and generators handle any tokenizer alike; the quantizer
+is a field built by the caller, so any quantizer plugs into any tokenizer. Every tokenizer
+checks its inputs with `prepare_images` / `check_tokens`, so errors read the same everywhere.
 
 Shape letters: B batch, H W image height and width, C=3 colour channels, h w the latent grid,
-D the quantizer input_dim, E its code_dim. `indices` are int32 [B, *token_shape, *extra],
-where `extra` is what the quantizer adds per token ([L] residual levels, [G] groups, or
-nothing). `latents` are the quantized codes [B, *token_shape, E].
-
-Images are NHWC. Floats must lie in [-1, 1]; uint8 is accepted and scaled to [-1, 1].
-Reconstructions are float32 in (nominally) [-1, 1], not clipped: clip them for display only,
-since clipping would cut the reconstruction loss's gradient.
-
-`token_shape` and `downsample_factor` read only module fields, so they work on an unbound
-module: `model.token_shape((256, 256))`. The rest run through `model.apply(variables, ...,
-method=...)`.
+D the quantizer input_dim, E its code_dim.
 """
 
 from collections.abc import Sequence
@@ -46,11 +30,27 @@ class TokenizerOutput(NamedTuple):
 
 
 class Tokenizer(nn.Module):
-  """Base class of image tokenizers; see the module docstring for the contract.
+  """Base class of image tokenizers.
 
-  Subclasses declare their dataclass fields (at least `quantizer: nn.Module`) and override
-  every method below. The base declares no fields so subclasses keep full control of their
-  field order.
+  A tokenizer holds a `quantizer: nn.Module` field (any jaxtok quantizer) plus its own
+  architecture fields, and implements:
+
+    encode(images, *, return_latents=False) -> indices            (or (indices, latents))
+    decode(indices) -> images            (1D tokenizers also accept a prefix of the tokens)
+    decode_latents(latents) -> images    decoder on quantizer-space codes (e.g. KL samples)
+    __call__(images, *, train=False) -> TokenizerOutput(reconstruction, quantizer_output)
+    token_shape(image_shape) -> the token grid: (16, 16) for 256x256 at f16, (32,) for TiTok
+    downsample_factor            property: H and W must be divisible by it
+
+  `indices` are int32 [B, *token_shape, *extra], where `extra` is what the quantizer adds per
+  token ([L] residual levels, [G] groups, or nothing); `latents` are the quantized codes
+  [B, *token_shape, E]. Images are NHWC, floats in [-1, 1] or uint8 (scaled to [-1, 1]).
+  Reconstructions are float32, nominally in [-1, 1] but not clipped: clip them for display
+  only, since clipping would cut the reconstruction loss's gradient.
+
+  `token_shape` and `downsample_factor` read only module fields, so they work on an unbound
+  module: `model.token_shape((256, 256))`. The rest run through `model.apply(variables, ...,
+  method=...)`. The base declares no fields so subclasses keep full control of their order.
   """
 
   @property

@@ -3,19 +3,9 @@
 encoder -> quant_conv (1x1, z_channels -> quantizer.input_dim) -> quantizer
         -> post_quant_conv (1x1, quantizer.code_dim -> z_channels) -> decoder
 
-Module and parameter names follow LlamaGen's tokenizer/tokenizer_image/vq_model.py, with
-PyTorch's list index turned into a suffix: `encoder.conv_blocks.2.res.1.conv1.weight` is our
-`encoder/conv_blocks_2/res_1/conv1/kernel` (transposed [kh, kw, in, out]), `mid.1` is `mid_1`,
-GroupNorm `weight` is `scale`. The decoder's `conv_blocks_0` is, as in LlamaGen, the lowest
-resolution level. LlamaGen's `quantize.embedding.weight` lives in the quantizer submodule.
-
-MaskGIT's VQGAN (google-research/maskgit nets/vqgan_tokenizer.py) is the same network with the
-options of the "maskgit-f16" preset. Its Flax params use auto names instead: encoder
-`Conv_0` (conv_in), `ResBlock_{n}` numbered across levels (then the two middle blocks), each
-with `GroupNorm_0/1`, `Conv_0/1` (conv1/2) and `Conv_2` (nin_shortcut), then `GroupNorm_0`
-(norm_out) and `Conv_1` (conv_out); decoder `Conv_0` (conv_in), middle then level
-`ResBlock_{n}`, `Conv_{1..4}` (the upsample convs, lowest resolution first), `GroupNorm_0`,
-`Conv_5` (conv_out); quantizer `codebook`. Kernels are already HWIO: conversion is renaming.
+Module and parameter names follow LlamaGen's vq_model.py, and MaskGIT's VQGAN is the same
+network under other options (preset "maskgit-f16"), so both families' published weights
+convert by renaming (and, from PyTorch, transposing); see `VQGAN` for the name mapping.
 
 Shape letters: B batch, H W image size, h w latent grid (H/f, W/f), D quantizer input_dim,
 E quantizer code_dim, Z z_channels.
@@ -158,6 +148,18 @@ class VQGAN(Presets, Tokenizer):
   `VQGAN.from_preset(name, quantizer=q, config={"ch": 32})` builds a preset (config entries
   in the mapping replace the preset's). The comment on each preset names the quantizer it was
   published with: build that and pass it as `quantizer=`.
+
+  Weight names. LlamaGen (FoundationVision/LlamaGen tokenizer/tokenizer_image/vq_model.py):
+  PyTorch's list index becomes a suffix, `encoder.conv_blocks.2.res.1.conv1.weight` is
+  `encoder/conv_blocks_2/res_1/conv1/kernel` (transposed to [kh, kw, in, out]), `mid.1` is
+  `mid_1`, GroupNorm `weight` is `scale`; the decoder's `conv_blocks_0` is, as there, the
+  lowest resolution level; `quantize.embedding.weight` lives in the quantizer submodule.
+  MaskGIT (google-research/maskgit nets/vqgan_tokenizer.py) uses Flax auto names: encoder
+  `Conv_0` (conv_in), `ResBlock_{n}` numbered across levels (then the two middle blocks), each
+  with `GroupNorm_0/1`, `Conv_0/1` (conv1/2) and `Conv_2` (nin_shortcut), then `GroupNorm_0`
+  (norm_out) and `Conv_1` (conv_out); decoder `Conv_0` (conv_in), middle then level
+  `ResBlock_{n}`, `Conv_{1..4}` (the upsample convs, lowest resolution first), `GroupNorm_0`,
+  `Conv_5` (conv_out); quantizer `codebook`. Its kernels are already HWIO.
   """
 
   PRESETS = {
