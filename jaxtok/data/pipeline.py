@@ -1,28 +1,15 @@
 """The Grain input pipeline: a source of records -> batches {"image": uint8 [B, S, S, 3]}.
 
-  source -> seed -> (train: shuffle, repeat forever) -> decode + transform (random_map / map)
-         -> [shard_index::shard_count] -> to_iter_dataset (threads)
+  source -> seed -> (train: shuffle, repeat) -> decode + transform -> shard -> threads
          -> mp_prefetch (num_workers processes) -> skip bad records (main process) -> batch
 
-Bad files. Decoding is lazy, inside the map, so a corrupt, truncated, empty or non-image file
-is found only when its index is reached. The map never raises for it: it returns a marker
-{"skipped": key, "reason": why}, and a filter in the main process, after the workers, drops
-the marker, logs the path once (logger "jaxtok.data.pipeline", WARNING) and counts it in a
-`SkipLog`. Why there, and not a `MapDataset.filter` or a pre-validation pass:
-  * every record keeps its index, so shuffling, sharding and random access are unchanged and
-    a resumed iterator (`it.set_state(state)`) sees exactly the same stream;
-  * workers get whole records in the main process's order, so batches are identical for any
-    `num_workers` (a filter inside the workers would shift which worker fills which slot);
-  * counting happens in one process, so the budget is exact, and nothing must decode the
-    whole dataset up front.
-Budget (`max_skipped`): an int is a number of distinct bad records, a float in [0, 1) a
-fraction of `len(source)`, rounded down. Distinct records are counted, so seeing the same bad
-file every epoch does not exhaust the budget; the count lives in this process and restarts on
-resume (it fills up again as bad files come round). Past the budget, or once every record of
-the source proved bad, the iterator raises `BadDataError` instead of spinning forever.
-
-Resume: `it = iter(ds); ...; state = it.get_state()`; a fresh `iter(ds)` with
-`it.set_state(state)` yields the same batches, bit for bit, with or without worker processes.
+Bad files are found lazily, in the map, which returns a marker instead of raising; a filter in
+the main process, after the workers, drops it, logs the path once and counts it. There, and
+not in a pre-validation pass or a worker-side filter, because every record keeps its index
+(shuffling, sharding and resume are unchanged), batches are identical for any `num_workers`,
+and one process counts the budget exactly. `max_skipped`: an int of distinct bad records or a
+fraction in [0, 1) of the source; past it, or when every record is bad, the iterator raises
+`BadDataError`. `it.get_state()` / `it.set_state()` resume the stream bit for bit.
 """
 
 import functools

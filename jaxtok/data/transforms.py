@@ -1,21 +1,8 @@
 """Image decoding to uint8 RGB, and the resize / crop / flip transforms of the input pipeline.
 
-Every image, whatever its file mode, becomes a uint8 [H, W, 3] RGB array by one fixed rule:
-
-  RGB                      as stored.
-  L, 1, CMYK, YCbCr, P     PIL's own fixed conversion to RGB: grey is replicated, a palette
-                           looked up, CMYK -> R = round((255 - C) * (255 - K) / 255), etc.
-  RGBA, LA, PA, and P, L,  composited onto the opaque `BACKGROUND` (white):
-  RGB with a transparent   out = round(c * a + background * (1 - a)), with c, a in [0, 1].
-  colour (PNG tRNS)
-  I;16, I;16B, I (16-bit   scaled 0..65535 -> 0..255 as round(v * 255 / 65535), never
-  grey PNG), 16-bit RGB,   clipped to the low byte nor truncated to the high byte (PIL alone
-  RGBA and LA PNG          keeps only the high byte of 16-bit colour PNGs; we read both).
-                           A tRNS colour on a 16-bit image is ignored.
-
-The EXIF orientation tag, when present and readable, is applied, so images are upright as a
-viewer shows them. Anything else (float images, unknown modes) raises, and the pipeline counts
-the file as bad.
+Every image, whatever its file mode (palette, grey, CMYK, alpha, 16-bit), becomes uint8
+[H, W, 3] RGB by one fixed rule (see `to_rgb`), upright as the EXIF orientation says; anything
+else raises, and the pipeline counts the file as bad.
 """
 
 import io
@@ -51,7 +38,17 @@ def _composite(rgb: np.ndarray, alpha: np.ndarray | None, max_value: float,
 
 
 def to_rgb(image: Image.Image, background=BACKGROUND) -> np.ndarray:
-  """A decoded 8-bit-per-sample PIL image -> uint8 [H, W, 3] RGB, by the module's rules."""
+  """A decoded PIL image -> uint8 [H, W, 3] RGB, by one fixed rule per mode:
+
+    RGB                      as stored.
+    L, 1, CMYK, YCbCr, P     PIL's own fixed conversion (grey replicated, palette looked up,
+                             CMYK -> R = round((255 - C) * (255 - K) / 255), ...).
+    RGBA, LA, PA, and P, L,  composited onto the opaque `background` (white):
+    RGB with a tRNS colour   out = round(c * a + background * (1 - a)), c, a in [0, 1].
+    16-bit grey, RGB, RGBA   scaled as round(v * 255 / 65535), neither clipped to the low
+    and LA PNG               byte nor truncated to the high one (`decode_image` reads both
+                             bytes, which PIL alone does not); a 16-bit tRNS is ignored.
+  """
   mode = image.mode
   if mode == "RGB" and "transparency" not in image.info:
     return np.asarray(image, np.uint8)

@@ -18,7 +18,7 @@ def _toy_state(value: float) -> TokenizerState:
   tree = {"w": jnp.full((3,), value)}
   return TokenizerState(step=z, rng=jnp.zeros((4,), jnp.uint32), params=tree,
                         quantizer_state={}, ema_params=tree, opt_state=(tree,), d_params={},
-                        d_state={}, d_opt_state=(), skipped=z, skipped_in_a_row=z)
+                        d_state={}, d_opt_state=(), lecam={}, skipped=z, skipped_in_a_row=z)
 
 
 def test_guard_step_keeps_the_old_state_on_a_non_finite_step():
@@ -44,7 +44,7 @@ def test_real_step_on_nan_images_changes_nothing_but_step_and_key(tiny_single):
   assert metrics["skipped"] == 1 and new.skipped == 1 and new.skipped_in_a_row == 1
   assert new.step == host_state.step + 1
   for name in ("params", "ema_params", "opt_state", "quantizer_state", "d_params", "d_state",
-               "d_opt_state"):
+               "d_opt_state", "lecam"):
     for a, b in zip(jax.tree.leaves(getattr(new, name)), jax.tree.leaves(getattr(host_state,
                                                                                   name))):
       np.testing.assert_array_equal(a, b, err_msg=name)

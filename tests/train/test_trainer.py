@@ -14,7 +14,7 @@ from PIL import Image
 
 from jaxtok import build
 from jaxtok.configs.demo import tokenizer as demo_config
-from jaxtok.train import guards, loop, state, tokenizer_trainer
+from jaxtok.train import guards, loop, sharding, state, tokenizer_trainer
 from jaxtok.train.metrics import read_jsonl
 
 TRAIN_KEYS = {"loss", "rec_loss", "quantizer_loss", "codebook_loss", "commitment_loss",
@@ -155,3 +155,31 @@ def test_train_step_traces_for_config_variants(variant):
   assert all(m.shape == () for m in jax.tree.leaves(metrics))
   assert ("perceptual_loss" in metrics) == (variant == "bf16_lpips")
   assert ("d_loss" in metrics) == (variant != "no_gan")
+
+
+def test_lecam_regularises_the_discriminator_only(tiny_single):
+  """loss.lecam_weight > 0 changes the discriminator update alone; its EMAs of the mean
+  logits follow LeCam's update with or without the weight."""
+  config, parts, host_state, step, mesh, shardings = tiny_single
+  assert config.loss.lecam_weight == 0.0
+  images = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+  lecam = tokenizer_trainer.LossConfig(**{**config.loss, "lecam_weight": 1.0})
+  with_lecam = loop.jit_step(tokenizer_trainer.make_train_step(parts, lecam,
+                                                               config.train.ema_decay),
+                             mesh, shardings, num_constants=1)
+  results = []
+  for fn in (step, with_lecam):
+    state = jax.device_put(host_state, shardings)
+    new, metrics = fn(state, sharding.global_batch({"image": images}, mesh), {})
+    results.append((jax.device_get(new), jax.device_get(metrics)))
+  (plain, m_plain), (reg, m_reg) = results
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(reg.params)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain.d_params),
+                                                       jax.tree.leaves(reg.d_params)))
+  decay = config.loss.lecam_decay
+  for new in (plain, reg):  # both EMAs start at 0
+    np.testing.assert_allclose(new.lecam["real"], (1 - decay) * m_plain["logits_real"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(new.lecam["fake"], (1 - decay) * m_plain["logits_fake"],
+                               rtol=1e-5)
