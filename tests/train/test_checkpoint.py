@@ -14,7 +14,8 @@ def _state(value: float) -> TokenizerState:
   return TokenizerState(step=z + 3, rng=jnp.arange(4, dtype=jnp.uint32),
                         params={"w": jnp.full((2, 3), value)}, quantizer_state={},
                         ema_params={"w": jnp.zeros((2, 3))}, opt_state=({"m": jnp.ones(3)},),
-                        d_params={}, d_state={}, d_opt_state=(), skipped=z, skipped_in_a_row=z)
+                        d_params={}, d_state={}, d_opt_state=(), lecam={}, skipped=z,
+                        skipped_in_a_row=z)
 
 
 def _iterator():

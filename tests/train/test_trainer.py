@@ -64,7 +64,7 @@ def test_evaluate_without_checkpoint_says_so(tmp_path):
 
 def test_build_tokenizer_rejects_unknown_names_and_fields():
   config = demo_config.get_config("tiny")
-  for name in ("tokenizers.vqgan", "vqgan.Nothing", "nothing.VQGAN", "tokenizer.Tokenizer"):
+  for name in ("tokenizers.vqgan", "vqgan.Nothing", "nothing.VQGAN", "vqgan.jnp"):
     config.model.name = name
     with pytest.raises(ValueError, match="tokenizer name must be '<module>.<Class>' of "
                        "jaxtok.models.tokenizers, e.g. 'vqgan.VQGAN'"):

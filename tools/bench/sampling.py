@@ -39,14 +39,10 @@ CPU_BATCHES = (2, 4)
 
 def build(name: str, dtype, cpu: bool) -> nn.Module:
   if name == "gpt":
-    fields = dict(ar.PRESETS["GPT-B"], codebook_size=16384, token_shape=(16, 16))
-    if cpu:
-      fields.update(CPU_FIELDS)
-    return ar.GPT(**fields, num_classes=1000, dtype=dtype)
-  fields = dict(maskgit.PRESETS["MaskGIT"])
-  if cpu:
-    fields.update(CPU_FIELDS, mlp_dim=256)
-  return maskgit.MaskGIT(**fields, num_classes=1000, dtype=dtype)
+    fields = dict(codebook_size=16384, token_shape=(16, 16), num_classes=1000, dtype=dtype)
+    return ar.GPT.from_preset("GPT-B", **{**fields, **(CPU_FIELDS if cpu else {})})
+  cpu_fields = dict(CPU_FIELDS, mlp_dim=256) if cpu else {}
+  return maskgit.MaskGIT.from_preset("MaskGIT", num_classes=1000, dtype=dtype, **cpu_fields)
 
 
 def init_params(model: nn.Module, dtype):

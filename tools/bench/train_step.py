@@ -13,7 +13,7 @@ Cases (--only picks some):
                   adaptive weight is off, as in LlamaGen). Batches from --batches (default 32).
   tokenizer-l1    the same step with loss.reconstruction=l1, perceptual_weight=0 and
                   disc_weight=0 (no LPIPS, no discriminator): L1 + VQ losses only.
-  gpt             GPT-B (ar.from_preset, 16384 codes, 16x16 tokens, 1000 classes) trained with
+  gpt             GPT-B (GPT.from_preset, 16384 codes, 16x16 tokens, 1000 classes) trained with
                   a plain optax AdamW step on teacher-forced cross-entropy, dropout on.
                   MFU = 6 * N * tokens/s / (--peak-tflops * 1e12), N = every GPT parameter
                   (embeddings and head included), attention-score FLOPs not counted, tokens =
@@ -207,8 +207,8 @@ def bench_gpt(batch: int, args, cpu: bool) -> dict:
   if cpu:
     model = ar.GPT(**CPU_GPT, num_classes=1000, dtype=dtype)
   else:
-    model = ar.from_preset("GPT-B", codebook_size=16384, token_shape=(16, 16),
-                           num_classes=1000, dtype=dtype)
+    model = ar.GPT.from_preset("GPT-B", codebook_size=16384, token_shape=(16, 16),
+                               num_classes=1000, dtype=dtype)
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(0, model.codebook_size, (batch, *model.token_shape)),
                        jnp.int32)
