@@ -13,12 +13,12 @@ from jaxtok.quantizers.kl import KLQuantizer
 from jaxtok.quantizers.lfq import LFQ
 
 
-def test_each_group_is_the_template_on_its_slice():
+def test_each_group_is_the_template_on_its_slice(maybe_jit):
   template = LFQ(4, temperature=0.3)
   g = GroupQuantizer(template, groups=3)
   assert (g.input_dim, g.code_dim, g.codebook_size) == (12, 12, 16)
   z = jax.random.normal(jax.random.key(0), (2, 5, 12))
-  out, parts, ids, codes = jax.jit(lambda x: (
+  out, parts, ids, codes = maybe_jit(lambda x: (
       g.apply({}, x), [template.apply({}, x[..., 4 * i:4 * i + 4]) for i in range(3)],
       g.apply({}, x, method="encode"),
       g.apply({}, g.apply({}, x, method="encode"), method="indices_to_codes")))(z)

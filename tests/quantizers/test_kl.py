@@ -8,10 +8,10 @@ import pytest
 from jaxtok.quantizers.kl import KLQuantizer
 
 
-def test_kl_matches_numpy_with_the_logvar_clamp():
+def test_kl_matches_numpy_with_the_logvar_clamp(maybe_jit):
   mean = np.array([[0.0, 1.5, -2.0], [0.3, 0.0, 4.0]], np.float32)
   logvar = np.array([[0.0, -45.0, 25.0], [np.log(0.5), 1.0, -2.0]], np.float32)
-  out = jax.jit(KLQuantizer(3, kl_weight=0.1).apply)({}, jnp.concatenate([mean, logvar], -1))
+  out = maybe_jit(KLQuantizer(3, kl_weight=0.1).apply)({}, jnp.concatenate([mean, logvar], -1))
   lv = np.clip(logvar.astype(np.float64), -30, 20)
   kl = np.mean(0.5 * (mean**2 + np.exp(lv) - 1 - lv))
   np.testing.assert_allclose(out.metrics["kl"], kl, rtol=1e-6)
@@ -32,10 +32,10 @@ def test_training_samples_have_the_posterior_mean_and_variance():
   assert len(np.unique(sample[:, 0])) > 0.99 * n  # every key draws anew (f32 ties are rare)
 
 
-def test_deterministic_mode_returns_the_mean_without_loss():
+def test_deterministic_mode_returns_the_mean_without_loss(maybe_jit):
   q = KLQuantizer(2, kl_weight=1.0, deterministic=True)
   z = jnp.array([[0.5, -1.0, 1.0, 2.0]])
-  out = jax.jit(lambda x: q.apply({}, x, train=True))(z)  # needs no rng
+  out = maybe_jit(lambda x: q.apply({}, x, train=True))(z)  # needs no rng
   np.testing.assert_array_equal(out.quantized, [[0.5, -1.0]])
   assert float(out.loss) == 0.0 and float(out.metrics["kl"]) > 0.0
 

@@ -13,24 +13,24 @@ def _np_entropy(p, axis=-1):
   return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=axis)
 
 
-def test_bits_and_ids_match_numpy():
+def test_bits_and_ids_match_numpy(maybe_jit):
   z = np.array(jax.random.normal(jax.random.key(0), (5, 7, 6)))
   z[0, 0] = 0.0  # zero counts as a 0 bit (code -scale)
   q = LFQ(6, scale=0.5)
-  out = jax.jit(q.apply)({}, jnp.asarray(z))
+  out = maybe_jit(q.apply)({}, jnp.asarray(z))
   np.testing.assert_array_equal(out.indices, np.sum((z > 0) << np.arange(6), axis=-1))
   np.testing.assert_array_equal(out.quantized, np.where(z > 0, 0.5, -0.5))
-  all_codes = np.asarray(jax.jit(q.indices_to_codes)(jnp.arange(64)))
+  all_codes = np.asarray(maybe_jit(q.indices_to_codes)(jnp.arange(64)))
   np.testing.assert_array_equal(all_codes, np.where((np.arange(64)[:, None] >> np.arange(6)) & 1,
                                                     0.5, -0.5))
-  round_trip = jax.jit(lambda x: q.indices_to_codes(q.encode(x)))
+  round_trip = maybe_jit(lambda x: q.indices_to_codes(q.encode(x)))
   np.testing.assert_array_equal(round_trip(jnp.asarray(z)), out.quantized)
 
 
-def test_straight_through_gradient_is_identity():
+def test_straight_through_gradient_is_identity(maybe_jit):
   z = jax.random.normal(jax.random.key(1), (4, 5))
   w = jax.random.normal(jax.random.key(2), (4, 5))
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(w * LFQ(5, scale=2.0).apply({}, x).quantized)))(z)
+  grad = maybe_jit(jax.grad(lambda x: jnp.sum(w * LFQ(5, scale=2.0).apply({}, x).quantized)))(z)
   np.testing.assert_array_equal(grad, w)
 
 
@@ -61,10 +61,10 @@ def test_entropies_equal_brute_force_over_all_codes(group_bits):
     np.testing.assert_allclose(got_cb, exact, rtol=1e-5)  # ... and exact with one group
 
 
-def test_loss_and_metrics_are_the_weighted_terms():
+def test_loss_and_metrics_are_the_weighted_terms(maybe_jit):
   q = LFQ(4, commitment_weight=0.3, entropy_weight=0.2, diversity_gamma=1.5, temperature=0.1)
   z = jax.random.normal(jax.random.key(4), (8, 4))
-  out = jax.jit(q.apply)({}, z)
+  out = maybe_jit(q.apply)({}, z)
   m = out.metrics
   np.testing.assert_allclose(m["commitment"], np.mean((np.asarray(z) - np.sign(z)) ** 2),
                              rtol=1e-6)

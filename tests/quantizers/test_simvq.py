@@ -1,5 +1,7 @@
 """SimVQ: codebook = frozen basis · learned map; lookup, gradients, round trips, errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +18,12 @@ def _np_codebook(v, metric):
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_lookup_matches_numpy_and_round_trips(metric):
+def test_lookup_matches_numpy_and_round_trips(metric, maybe_jit):
   model = SimVQ(32, 5, metric=metric)
   z = jax.random.normal(jax.random.key(1), (3, 7, 5))
   v = model.init(jax.random.key(0), z)
   assert set(v["params"]) == {"code_transform"} and set(v[STATE]) == {"frozen_codebook"}
-  out = model.apply(v, z)
+  out = maybe_jit(model.apply)(v, z)
   codes = _np_codebook(v, metric)
   zc = np.asarray(z, np.float64).reshape(-1, 5)
   if metric == "cosine":
@@ -29,9 +31,10 @@ def test_lookup_matches_numpy_and_round_trips(metric):
   idx = ((zc[:, None] - codes[None]) ** 2).sum(-1).argmin(-1)
   np.testing.assert_array_equal(out.indices, idx.reshape(3, 7))
   np.testing.assert_allclose(out.quantized, codes[idx].reshape(3, 7, 5), rtol=1e-5, atol=1e-6)
-  ids = model.apply(v, z, method="encode")
+  ids = maybe_jit(functools.partial(model.apply, method="encode"))(v, z)
   np.testing.assert_array_equal(ids, out.indices)
-  np.testing.assert_array_equal(model.apply(v, ids, method="indices_to_codes"), out.quantized)
+  codes = maybe_jit(functools.partial(model.apply, method="indices_to_codes"))(v, ids)
+  np.testing.assert_array_equal(codes, out.quantized)
   np.testing.assert_allclose(
       out.loss, 1.25 * out.metrics["commitment_loss"], rtol=1e-6)  # both terms equal forward
 

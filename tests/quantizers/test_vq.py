@@ -35,11 +35,11 @@ def _set(variables, collection, name, value):
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("codebook_dim", [None, 3])
-def test_lookup_matches_numpy_brute_force(metric, codebook_dim):
+def test_lookup_matches_numpy_brute_force(metric, codebook_dim, maybe_jit):
   model = VectorQuantizer(32, 6, codebook_dim=codebook_dim, metric=metric)
   z = jax.random.normal(jax.random.key(1), (4, 5, 6))
   v = model.init(jax.random.key(0), z)
-  out = model.apply(v, z)
+  out = maybe_jit(model.apply)(v, z)
   p = jax.tree.map(np.asarray, v["params"])
   zc = np.asarray(z, np.float64).reshape(-1, 6)
   if codebook_dim:
@@ -62,16 +62,16 @@ def test_lookup_matches_numpy_brute_force(metric, codebook_dim):
 @pytest.mark.parametrize("kwargs", [
     {}, {"metric": "cosine", "estimator": "rotation"}, {"codebook_dim": 3, "use_ema": True},
     {"data_init": "sample", "restart_threshold": 0.5}])
-def test_indices_to_codes_of_encode_equals_quantized(kwargs):
+def test_indices_to_codes_of_encode_equals_quantized(kwargs, maybe_jit):
   model = VectorQuantizer(16, 6, **kwargs)
   z = jax.random.normal(jax.random.key(1), (3, 7, 6))
   v = model.init(jax.random.key(0), z)
   if model.data_init != "none":
-    v = {**v, **_train(model, v, z)[1]}
-  out = model.apply(v, z)
-  idx = model.apply(v, z, method="encode")
+    v = {**v, **maybe_jit(functools.partial(_train, model))(v, z)[1]}
+  out = maybe_jit(model.apply)(v, z)
+  idx = maybe_jit(functools.partial(model.apply, method="encode"))(v, z)
   np.testing.assert_array_equal(idx, out.indices)
-  codes = model.apply(v, idx, method="indices_to_codes")
+  codes = maybe_jit(functools.partial(model.apply, method="indices_to_codes"))(v, idx)
   assert codes.dtype == jnp.float32
   if model.codebook_dim is None:
     np.testing.assert_array_equal(codes, out.quantized)
@@ -79,13 +79,13 @@ def test_indices_to_codes_of_encode_equals_quantized(kwargs):
     np.testing.assert_allclose(codes, out.quantized, rtol=1e-6, atol=1e-6)
 
 
-def test_straight_through_gradient_is_identity_and_skips_the_codebook():
+def test_straight_through_gradient_is_identity_and_skips_the_codebook(maybe_jit):
   model = VectorQuantizer(16, 5)
   z = jax.random.normal(jax.random.key(1), (4, 5))
   w = jax.random.normal(jax.random.key(2), (4, 5))
   v = model.init(jax.random.key(0), z)
   f = lambda params, z: jnp.sum(model.apply({"params": params}, z).quantized * w)
-  g_params, g_z = jax.grad(f, argnums=(0, 1))(v["params"], z)
+  g_params, g_z = maybe_jit(jax.grad(f, argnums=(0, 1)))(v["params"], z)
   np.testing.assert_array_equal(g_z, w)
   np.testing.assert_array_equal(g_params["codebook"], 0.0)  # only the codebook loss trains it
 
@@ -147,13 +147,13 @@ def test_ema_update_formula_matches_numpy():
   assert np.isfinite(np.asarray(got[2])).all()
 
 
-def test_ema_training_step_matches_numpy():
+def test_ema_training_step_matches_numpy(maybe_jit):
   model = VectorQuantizer(8, 3, use_ema=True, ema_decay=0.9, ema_eps=1e-3)
   z = jax.random.normal(jax.random.key(1), (20, 3))
   v = model.init(jax.random.key(0), z)
   assert "params" not in v  # the EMA codebook is state
   codebook0 = np.asarray(v[STATE]["codebook"], np.float64)
-  out, state = _train(model, v, z)
+  out, state = maybe_jit(functools.partial(_train, model))(v, z)
   b_counts, b_sums = _np_stats(out.indices, z, 8)
   counts, sums, codebook = _np_ema(np.ones(8), codebook0, b_counts, b_sums, 0.9, 1e-3)
   s = state[STATE]
