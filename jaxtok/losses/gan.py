@@ -2,24 +2,8 @@
 (Goodfellow et al. 2014) losses, taming's adaptive generator weight (Esser et al. 2021),
 LeCam regularisation (Tseng et al. 2021) and the discriminator start schedule.
 
-All pure functions; every one upcasts its inputs to f32 first, so bf16 runs get f32 loss
-maths. Logits may have any shape (PatchGAN maps [B, H', W', 1], StyleGAN [B]); means run over
-every element.
-
-One generator step with the adaptive weight (taming's `calculate_adaptive_weight`, in JAX):
-
-    def parts(g_params):                 # both parts from one forward pass
-      recon, q_loss = tokenizer.apply(g_params, images)
-      nll = l1_loss(images, recon) + p_weight * perceptual_loss(lpips, images, recon) + q_loss
-      gan = generator_loss(disc.apply(d_vars, recon), "hinge")
-      return nll, gan
-    (nll, gan), (nll_g, gan_g) = loss_part_grads(parts, g_params)
-    last = lambda g: g["params"]["decoder"]["conv_out"]["kernel"]   # the decoder's last layer
-    w = adaptive_weight(last(nll_g), last(gan_g)) * gan_weight_schedule(step, start, weight)
-    g_grads = jax.tree.map(lambda a, b: a + w * b, nll_g, gan_g)
-
-Terms that do not reach the last layer (the quantizer loss) may sit in `nll`: their gradient
-there is 0, as in taming, where they are added after the weight is computed.
+Pure functions that upcast their inputs to f32 first, so bf16 runs get f32 loss maths. Logits
+may have any shape (PatchGAN maps [B, H', W', 1], StyleGAN [B]); means run over every element.
 """
 
 from collections.abc import Callable
@@ -96,8 +80,8 @@ def adaptive_weight(nll_grads: Any, gan_grads: Any, *, eps: float = 1e-4,
 
   Returns:
     f32 scalar with stopped gradient. Multiply it by `gan_weight_schedule(...)` (taming's
-    disc_weight * adopt_weight) before scaling the adversarial term. See the module docstring
-    for obtaining both gradients with `loss_part_grads`.
+    disc_weight * adopt_weight) before scaling the adversarial term. `loss_part_grads` gives
+    both gradients.
   """
   weight = _global_norm(nll_grads) / (_global_norm(gan_grads) + eps)
   return jax.lax.stop_gradient(jnp.clip(weight, 0.0, max_weight))
@@ -116,6 +100,17 @@ def loss_part_grads(parts_fn: Callable[..., Any], params: Any, *, has_aux: bool 
 
   Returns:
     ((nll, gan), (nll_grads, gan_grads)), plus aux as a third element with has_aux=True.
+
+  One generator step with the adaptive weight (taming's `calculate_adaptive_weight`), where
+  `parts(g_params)` returns (nll, gan) from one forward pass:
+
+    (nll, gan), (nll_g, gan_g) = loss_part_grads(parts, g_params)
+    last = lambda g: g["params"]["decoder"]["conv_out"]["kernel"]   # the decoder's last layer
+    w = adaptive_weight(last(nll_g), last(gan_g)) * gan_weight_schedule(step, start, weight)
+    g_grads = jax.tree.map(lambda a, b: a + w * b, nll_g, gan_g)
+
+  Terms that do not reach the last layer (the quantizer loss) may sit in nll: their gradient
+  there is 0, as in taming, where they are added after the weight is computed.
   """
   if has_aux:
     (nll, gan), vjp_fn, aux = jax.vjp(parts_fn, params, has_aux=True)

@@ -1,21 +1,14 @@
 """Residual quantization: Zeghidour et al. 2021, "SoundStream" (RVQ), and its FSQ variant.
 
-Level i quantizes what the levels before it left over: r_0 = z, q_i = Q_i(r_i), r_{i+1} = r_i − q_i,
-quantized = Σ_i q_i, indices [..., L] (level i in [..., i], each in [0, codebook_size)).
+Level i quantizes what the levels before it left: r_0 = z, q_i = Q_i(r_i), r_{i+1} = r_i − q_i,
+quantized = Σ_i q_i, indices [..., L]. r_{i+1} subtracts each level's estimator output, not a
+stopped copy (as EnCodec and DAC), so a stack of straight-through levels is straight-through as
+a whole (vector-quantize-pytorch detaches, which scales the encoder's gradient by L).
 
-Gradients: r_{i+1} subtracts each level's estimator output, not a stopped copy (as EnCodec and
-DAC do), so with straight-through levels the stack is straight-through as a whole:
-∂quantized/∂z = I whatever the number of levels (vector-quantize-pytorch detaches instead, which
-scales the encoder's gradient by the number of levels).
-
-Quantize dropout (SoundStream): with train=True and quantize_dropout=True, each step draws
-n ∈ [dropout_min_levels, L] (rng "quantizer", one n for the whole batch: keep the key equal
-across data-parallel devices). Only levels < n contribute to `quantized`, to `loss` and update
-their state (EMA, restarts, data init); metrics["active_levels"] = n. Convention for indices:
-all L levels are still computed and returned, exactly as `encode(z)` returns them, so they are
-always valid ids (never −1); the levels in use are the prefix indices[..., :n], and
-`indices_to_codes(indices[..., :n])` equals `quantized`. `indices_to_codes` accepts any prefix
-[..., l], 1 <= l <= L, so coarse prefixes decode.
+Quantize dropout (SoundStream, train=True): one n ∈ [dropout_min_levels, L] per step (rng
+"quantizer": keep it equal across data-parallel devices); only levels < n make up `quantized`
+and `loss` and update their state. All L ids are still returned, as `encode` gives them, so they
+are always valid; `indices_to_codes` decodes any prefix indices[..., :l].
 """
 
 import math
@@ -155,12 +148,13 @@ class ResidualVQ(_Residual):
 
 
 class ResidualFSQ(_Residual):
-  """Residual FSQ (Mentzer et al. 2023 per level; the scaling of vector-quantize-pytorch).
+  """Residual FSQ (Mentzer et al. 2023 per level; vector-quantize-pytorch's scaling up to 1.25).
 
   FSQ codes lie on a grid of step 1/(L_c // 2) in [-1, 1] per channel c, so a residual is at most
   about half a step. Level i therefore quantizes r_i / s_i and outputs s_i · FSQ(r_i / s_i) with
   s_i = (levels − 1)^(−i) per channel: each level refines the previous one's grid by a factor
   levels − 1. One FSQ (it has no parameters) serves all levels; codebook_size = prod(levels).
+  (vector-quantize-pytorch 1.26 changed its ResidualFSQ scaling; this one is that of <= 1.25.)
   loss is 0; metrics as ResidualVQ's.
   """
 

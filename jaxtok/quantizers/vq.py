@@ -1,21 +1,13 @@
 """VQ: van den Oord et al. 2017, "Neural Discrete Representation Learning" (VQ-VAE).
 
-With the usual extensions: EMA codebook updates (VQ-VAE-2), low-dimensional l2-normalized codes
-(ViT-VQGAN, LlamaGen), data initialisation (sample / k-means++), dead-code restarts (Jukebox), an
-entropy penalty (MaskGIT / LlamaGen) and the rotation trick (Fifty et al. 2024).
+With EMA codebooks (VQ-VAE-2), low-dimensional l2-normalized codes (ViT-VQGAN, LlamaGen), data
+init (sample / k-means++), dead-code restarts (Jukebox), an entropy penalty (MaskGIT, LlamaGen)
+and the rotation trick (Fifty et al. 2024).
 
-Where the codebook lives:
-  use_ema=False: param "codebook" [K, C] (C = codebook_dim or D), trained by the codebook loss.
-    Data init and dead-code restarts cannot write params inside `apply` (the "params" collection
-    is not mutable in a train step), so they write a state "codebook_offset" instead: the
-    effective codebook is param + offset. Its gradient flows to the param unchanged, so training
-    continues from the rewritten rows as if the param itself had been overwritten (to an ulp;
-    only weight decay, which sees the param alone, tells the two apart).
-  use_ema=True: state "codebook" [K, C], with EMA "counts" [K] and "sums" [K, C]; no param.
-  State collection "quantizer_state" also holds "counts" (EMA of per-step code counts, for
-  restarts) and "initialized" (data init done). It changes only under train=True in `apply`
-  (not during `init`), which then needs mutable=["quantizer_state"] and, for data init or
-  restarts, rngs={"quantizer": key}.
+Data init and restarts rewrite codes inside `apply`, where "params" is not mutable, so a learned
+codebook (use_ema=False) gets a state "codebook_offset": the codebook is param + offset, whose
+gradient reaches the param unchanged, so training goes on from the rewritten rows. With use_ema
+the codebook is state too ("codebook", "counts", "sums"). State changes only under train=True.
 
 Shape letters: N flattened vectors, K codes, D input channels, C code channels.
 """

@@ -1,18 +1,11 @@
 """Pallas (Mosaic TPU) nearest code: fused distance + running argmin, no N×K buffer.
 
-The grid is (codebook chunks, row blocks, code tiles). On TPU the grid runs as nested loops on
-each core and Pallas double-buffers the HBM→VMEM copies of the blocks it walks, so the last,
-sequential ("arbitrary") axis *is* the loop over code tiles: each step brings one
-[block_k, D] tile of the codebook into VMEM behind the previous step's compute, scores it
-against the resident [block_n, D] rows of x (one f32-accumulated MXU dot, the affine rule of
-reference.py), takes the tile's first minimum and merges it into the running (min, index) with
-a strict `<`. The running pair lives in the output blocks, which stay in VMEM while their block
-index is unchanged and are written back once per row block. (A fori_loop inside a step would
-only re-slice a VMEM tile; a codebook of 2^18 codes does not fit VMEM whole.)
-
-Outputs are lane-broadcast [S, N, 128] (the layout Mosaic stores natively, as the official
-flash-attention kernel does for its row statistics); lane 0 is read back. Chunks of the
-codebook (k_splits) are "parallel" grid work, merged after by blocks.merge_splits.
+Grid (codebook chunks, row blocks, code tiles). The last, sequential axis is the loop over code
+tiles because Pallas double-buffers the HBM→VMEM copies of the blocks the grid walks: each
+codebook tile loads behind the previous tile's compute (a fori_loop inside one step would only
+re-slice VMEM, and 2^18 codes do not fit VMEM). The running (min, index) lives in the output
+blocks, written back once per row block and lane-broadcast to [S, N, 128], the layout Mosaic
+stores natively; chunks are "parallel" grid work, merged by blocks.merge_splits.
 """
 
 import functools

@@ -1,22 +1,10 @@
 """The scoring rule every nearest-code implementation shares, and the materializing reference.
 
-Every metric is written as one affine rule on the f32-accumulated dot product,
-
-    score[n, k] = bias[k] + weight[k] * <x[n], e[k]>,     index[n] = argmin_k score[n, k],
-
-so kernels need only the per-code f32 terms (bias, weight) and a matmul. Per-code terms are
-computed in f32 from exactly the values fed to the dot (after any bf16 cast), so a bf16
-codebook is scored as the bf16 values it holds.
-
-| metric | bias[k]  | weight[k]  | dist[n] returned                       |
-|--------|----------|------------|----------------------------------------|
-| l2     | ‖e_k‖²   | -2         | max(‖x_n‖² + score, 0) = ‖x_n − e_k‖²  |
-| cosine | 0        | -1/‖e_k‖   | 1 + score/‖x_n‖ = 1 − cos(x_n, e_k)    |
-| dot    | 0        | -1         | score = −<x_n, e_k>                    |
-
-NaN policy (all implementations): a NaN score never wins, so a code holding a NaN is never
-chosen; a row of x holding a NaN gets index 0 (a valid id, so gathers stay in bounds) and dist
-NaN, which surfaces in any loss computed from it. Ties go to the lowest index, as `jnp.argmin`.
+Every metric is one affine rule on the f32-accumulated dot product, score[n, k] = bias[k] +
+weight[k]·<x[n], e[k]>, index[n] = argmin_k score[n, k], so a kernel needs only per-code f32
+terms and a matmul (the table is in `code_terms`). NaN policy, in every implementation: a NaN
+score never wins; a row of x holding a NaN gets index 0 (gathers stay in bounds) and dist NaN,
+which surfaces in any loss computed from it. Ties go to the lowest index, as `jnp.argmin`.
 """
 
 import jax
@@ -32,7 +20,17 @@ def dot_precision(dtype) -> jax.lax.Precision:
 
 
 def code_terms(codebook_KD: jax.Array, metric: str) -> tuple[jax.Array, jax.Array]:
-  """Per-code f32 (bias[K], weight[K]) of the scoring rule above."""
+  """Per-code f32 (bias[K], weight[K]) of the scoring rule, and the dist `finish_dist` returns:
+
+  | metric | bias[k]  | weight[k]  | dist[n] returned                       |
+  |--------|----------|------------|----------------------------------------|
+  | l2     | ‖e_k‖²   | -2         | max(‖x_n‖² + score, 0) = ‖x_n − e_k‖²  |
+  | cosine | 0        | -1/‖e_k‖   | 1 + score/‖x_n‖ = 1 − cos(x_n, e_k)    |
+  | dot    | 0        | -1         | score = −<x_n, e_k>                    |
+
+  Computed in f32 from exactly the values fed to the dot (after any bf16 cast), so a bf16
+  codebook is scored as the bf16 values it holds.
+  """
   e = codebook_KD.astype(jnp.float32)
   sq_norm = jnp.sum(e * e, axis=-1)
   if metric == "l2":
@@ -45,7 +43,7 @@ def code_terms(codebook_KD: jax.Array, metric: str) -> tuple[jax.Array, jax.Arra
 
 
 def finish_dist(best_score_N: jax.Array, x_ND: jax.Array, metric: str) -> jax.Array:
-  """Turns the winning score into the distance of the table above (f32), NaN rows → NaN."""
+  """Turns the winning score into the distance of `code_terms`' table (f32), NaN rows → NaN."""
   x = x_ND.astype(jnp.float32)
   sq_norm = jnp.sum(x * x, axis=-1)  # NaN exactly for rows holding a NaN
   if metric == "l2":
