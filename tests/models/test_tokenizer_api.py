@@ -96,7 +96,7 @@ def test_vqgan_is_a_tokenizer_and_token_shape_needs_no_params():
   assert isinstance(model, Tokenizer) and model.downsample_factor == 16
   assert model.token_shape((256, 256)) == (16, 16)
   assert model.token_shape((2, 256, 384, 3)) == (16, 24)
-  with pytest.raises(ValueError, match="H=250 .* divisible by the downsampling factor 16"):
+  with pytest.raises(ValueError, match="H=250 .* downsampling factor 16"):
     model.token_shape((250, 256, 3))
 
 

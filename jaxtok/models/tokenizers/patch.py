@@ -8,19 +8,16 @@ Shape letters: B batch, H W image size, p patch side, h w = H/p W/p the token gr
 P = p*p*3 pixels per patch, D quantizer input_dim, Q its code_dim.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxtok.layers.embed import dense
 from jaxtok.layers.patchify import patchify, unpatchify
 from jaxtok.models.presets import Presets
-from jaxtok.models.tokenizers.tokenizer import (
-    Tokenizer, TokenizerOutput, check_divisible, check_tokens, prepare_images, spatial_shape)
+from jaxtok.models.tokenizers.tokenizer import GridTokenizer, prepare_images
 
 Dtype = Any
 
@@ -43,7 +40,7 @@ class PatchMLP(nn.Module):
     return dense(self.features, "out", self.dtype, (in_axis, None))(x)
 
 
-class PatchTokenizer(Presets, Tokenizer):
+class PatchTokenizer(Presets, GridTokenizer):
   """patchify -> per-patch MLP -> quantizer -> per-patch MLP -> unpatchify; see tokenizer.py.
 
   Tokens form an (H/p, W/p) grid; any H, W divisible by p is accepted. Indices are whatever
@@ -72,57 +69,12 @@ class PatchTokenizer(Presets, Tokenizer):
   def downsample_factor(self) -> int:
     return self.patch_size
 
-  def token_shape(self, image_shape: Sequence[int]) -> tuple[int, int]:
-    """(H/p, W/p) for image_shape (H, W), (H, W, C) or (B, H, W, C)."""
-    height, width = spatial_shape(image_shape)
-    check_divisible(height, width, self.patch_size, shape=image_shape)
-    return height // self.patch_size, width // self.patch_size
-
   def _latents(self, images) -> jax.Array:
     """Checked images -> f32 quantizer inputs z [B, h, w, D]."""
     x_BHWC = prepare_images(images, factor=self.patch_size)
     patches_BhwP = patchify(x_BHWC.astype(jnp.float32), self.patch_size)
     return self.encoder(patches_BhwP).astype(jnp.float32)
 
-  def encode(self, images, *, return_latents: bool = False):
-    """Images [B, H, W, 3] -> indices [B, h, w, ...] (and quantized latents [B, h, w, Q])."""
-    z_BhwD = self._latents(images)
-    if return_latents:
-      out = self.quantizer(z_BhwD, train=False)
-      return out.indices, out.quantized
-    return self.quantizer.encode(z_BhwD)
-
-  def decode(self, indices) -> jax.Array:
-    """Indices [B, h, w, ...] (as from encode, any grid) -> images [B, h*p, w*p, 3] f32."""
-    if self.quantizer.codebook_size < 1:
-      raise TypeError(f"{type(self.quantizer).__name__} has no discrete tokens (codebook_size "
-                      f"0): decode its continuous latents with decode_latents")
-    shape = tuple(np.shape(indices))
-    if len(shape) < 3:
-      raise ValueError(f"indices must be a token grid [B, h, w, ...]; got shape {shape}")
-    check_tokens(indices, token_shape=shape[1:3], codebook_size=self.quantizer.codebook_size)
-    codes = self.quantizer.indices_to_codes(jnp.asarray(indices))
-    expected = (*shape[:3], self.quantizer.code_dim)
-    if codes.shape != expected:
-      raise ValueError(
-          f"indices of shape {shape} do not match the quantizer's index layout: they map to "
-          f"codes of shape {codes.shape}, expected {expected}. Pass indices shaped like "
-          f"encode's output ([B, h, w], or [B, h, w, L] for residual / grouped quantizers)")
-    return self.decode_latents(codes)
-
-  def decode_latents(self, latents) -> jax.Array:
-    """Quantized codes [B, h, w, Q] -> images [B, h*p, w*p, 3] float32."""
-    shape = tuple(np.shape(latents))
-    code_dim = self.quantizer.code_dim
-    if len(shape) != 4 or shape[-1] != code_dim:
-      raise ValueError(f"latents must be [B, h, w, {code_dim}] (the quantizer's code_dim); "
-                       f"got shape {shape}")
-    if not jnp.issubdtype(latents.dtype, jnp.floating):
-      raise TypeError(f"latents must be floating point; got dtype {latents.dtype}")
-    pixels_BhwP = self.decoder(latents).astype(jnp.float32)
-    return unpatchify(pixels_BhwP, self.patch_size)
-
-  def __call__(self, images, *, train: bool = False) -> TokenizerOutput:
-    """Reconstruction [B, H, W, 3] f32 and the QuantizerOutput, for training."""
-    quantizer_output = self.quantizer(self._latents(images), train=train)
-    return TokenizerOutput(self.decode_latents(quantizer_output.quantized), quantizer_output)
+  def _pixels(self, codes_BhwE: jax.Array) -> jax.Array:
+    """Quantized codes [B, h, w, E] -> images [B, h*p, w*p, 3]."""
+    return unpatchify(self.decoder(codes_BhwE).astype(jnp.float32), self.patch_size)

@@ -79,6 +79,78 @@ class Tokenizer(nn.Module):
     raise NotImplementedError
 
 
+class GridTokenizer(Tokenizer):
+  """A tokenizer whose tokens form the (H/f, W/f) grid of its latents, any grid decoding.
+
+  Subclasses give `downsample_factor`, `_latents(images)` (checked images -> f32 quantizer
+  inputs z [B, h, w, D]) and `_pixels(codes)` (codes [B, h, w, E] -> f32 images); the API and
+  its checks are written once here. Indices are [B, h, w], or [B, h, w, L] for residual /
+  grouped quantizers.
+  """
+
+  def _latents(self, images) -> jax.Array:
+    raise NotImplementedError
+
+  def _pixels(self, codes_BhwE: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def token_shape(self, image_shape: Sequence[int]) -> tuple[int, int]:
+    """(H/f, W/f) for image_shape (H, W), (H, W, C) or (B, H, W, C)."""
+    height, width = spatial_shape(image_shape)
+    check_divisible(height, width, self.downsample_factor, shape=image_shape)
+    return height // self.downsample_factor, width // self.downsample_factor
+
+  def encode(self, images, *, return_latents: bool = False):
+    """Images [B, H, W, 3] -> indices [B, h, w, ...] (and quantized latents [B, h, w, E])."""
+    z_BhwD = self._latents(images)
+    if return_latents:
+      out = self.quantizer(z_BhwD, train=False)
+      return out.indices, out.quantized
+    return self.quantizer.encode(z_BhwD)
+
+  def decode_latents(self, latents) -> jax.Array:
+    """Quantized codes [B, h, w, E] -> images [B, h*f, w*f, 3] float32."""
+    shape = tuple(np.shape(latents))
+    code_dim = self.quantizer.code_dim
+    if len(shape) != 4 or shape[-1] != code_dim:
+      raise ValueError(f"latents must be [B, h, w, {code_dim}] (the quantizer's code_dim); "
+                       f"got shape {shape}")
+    if not jnp.issubdtype(latents.dtype, jnp.floating):
+      raise TypeError(f"latents must be floating point; got dtype {latents.dtype}")
+    return self._pixels(latents).astype(jnp.float32)
+
+  def decode(self, indices, *, image_shape=None) -> jax.Array:
+    """Indices [B, h, w, ...] (as from encode) -> images [B, h*f, w*f, 3] float32.
+
+    Any grid decodes; pass `image_shape` to also require the grid of images of that size.
+    """
+    if self.quantizer.codebook_size < 1:
+      raise TypeError(f"{type(self.quantizer).__name__} has no discrete tokens (codebook_size "
+                      f"0): decode its continuous latents with decode_latents")
+    shape = tuple(np.shape(indices))
+    if image_shape is not None:
+      grid = self.token_shape(image_shape)
+    elif len(shape) >= 3:
+      grid = shape[1:3]
+    else:
+      raise ValueError(f"indices must be a token grid [B, h, w, ...]; got shape {shape} "
+                       f"(reshape flat sequences to [B, *token_shape(image_shape)])")
+    check_tokens(indices, token_shape=grid, codebook_size=self.quantizer.codebook_size)
+    codes = self.quantizer.indices_to_codes(jnp.asarray(indices))
+    expected = (*shape[:3], self.quantizer.code_dim)
+    if codes.shape != expected:
+      raise ValueError(
+          f"indices of shape {shape} do not match the quantizer's index layout: they map to "
+          f"codes of shape {codes.shape}, expected {expected}. Pass indices shaped like "
+          f"encode's output ([B, h, w], or [B, h, w, L] for residual / grouped quantizers)")
+    return self.decode_latents(codes)
+
+  def __call__(self, images, *, train: bool = False) -> TokenizerOutput:
+    """Reconstruction [B, H, W, 3] f32 and the QuantizerOutput, for training."""
+    quantizer_output = self.quantizer(self._latents(images), train=train)
+    return TokenizerOutput(self.decode_latents(quantizer_output.quantized), quantizer_output)
+
+
 def spatial_shape(image_shape: Sequence[int]) -> tuple[int, int]:
   """(H, W) from (H, W), (H, W, C) or (B, H, W, C); for `token_shape` implementations."""
   shape = tuple(int(s) for s in image_shape)

@@ -17,13 +17,11 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxtok.layers.conv import (AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
                                 conv2d, swish)
 from jaxtok.models.presets import Presets
-from jaxtok.models.tokenizers.tokenizer import (Tokenizer, TokenizerOutput, check_tokens,
-                                                prepare_images, spatial_shape)
+from jaxtok.models.tokenizers.tokenizer import GridTokenizer, prepare_images
 
 Dtype = Any
 
@@ -139,7 +137,7 @@ class Decoder(nn.Module):
     return conv2d(cfg.out_channels, 3, dtype=self.dtype, out_axis=None, name="conv_out")(h)
 
 
-class VQGAN(Presets, Tokenizer):
+class VQGAN(Presets, GridTokenizer):
   """CNN encoder-quantizer-decoder tokenizer; see the module docstring and tokenizer.py.
 
   Indices are whatever `quantizer.encode` returns on the [B, h, w, D] latent grid: [B, h, w]
@@ -199,15 +197,6 @@ class VQGAN(Presets, Tokenizer):
   def downsample_factor(self) -> int:
     return self.config.downsample_factor
 
-  def token_shape(self, image_shape) -> tuple[int, int]:
-    """(H/f, W/f) for image_shape (H, W), (H, W, C) or (B, H, W, C)."""
-    height, width = spatial_shape(image_shape)
-    f = self.downsample_factor
-    if height % f or width % f:
-      raise ValueError(f"image H={height} and W={width} must both be divisible by the "
-                       f"downsampling factor {f}; got image_shape {tuple(image_shape)}")
-    return height // f, width // f
-
   def _latents(self, images) -> jax.Array:
     """Checked images -> f32 latents z [B, h, w, D] for the quantizer."""
     x_BHWC = prepare_images(images, factor=self.downsample_factor,
@@ -217,56 +206,9 @@ class VQGAN(Presets, Tokenizer):
       z = self.quant_conv(z)
     return z.astype(jnp.float32)
 
-  def encode(self, images, *, return_latents: bool = False):
-    """Images [B, H, W, 3] -> indices [B, h, w, ...] (and quantized latents [B, h, w, E])."""
-    z_BhwD = self._latents(images)
-    if return_latents:
-      out = self.quantizer(z_BhwD, train=False)
-      return out.indices, out.quantized
-    return self.quantizer.encode(z_BhwD)
-
-  def decode_latents(self, latents) -> jax.Array:
-    """Quantized codes [B, h, w, E] -> images [B, h*f, w*f, 3] float32."""
-    shape = tuple(np.shape(latents))
-    code_dim = self.quantizer.code_dim
-    if len(shape) != 4 or shape[-1] != code_dim:
-      raise ValueError(f"latents must be [B, h, w, {code_dim}] (the quantizer's code_dim); "
-                       f"got shape {shape}")
-    if not jnp.issubdtype(latents.dtype, jnp.floating):
-      raise TypeError(f"latents must be floating point; got dtype {latents.dtype}")
-    h = latents.astype(self.dtype)
+  def _pixels(self, codes_BhwE: jax.Array) -> jax.Array:
+    """Quantized codes [B, h, w, E] -> images [B, h*f, w*f, 3]."""
+    h = codes_BhwE.astype(self.dtype)
     if self.config.quant_conv:
       h = self.post_quant_conv(h)
-    return self.decoder(h).astype(jnp.float32)
-
-  def decode(self, indices, *, image_shape=None) -> jax.Array:
-    """Indices [B, h, w, ...] (as from encode) -> images [B, h*f, w*f, 3] float32.
-
-    Any grid decodes (the network is convolutional); pass `image_shape` to also require the
-    grid of images of that size.
-    """
-    if self.quantizer.codebook_size < 1:
-      raise TypeError(f"{type(self.quantizer).__name__} has no discrete tokens (codebook_size "
-                      f"0): decode its continuous latents with decode_latents")
-    shape = tuple(np.shape(indices))
-    if image_shape is not None:
-      grid = self.token_shape(image_shape)
-    elif len(shape) >= 3:
-      grid = shape[1:3]
-    else:
-      raise ValueError(f"indices must be a token grid [B, h, w, ...]; got shape {shape} "
-                       f"(reshape flat sequences to [B, *token_shape(image_shape)])")
-    check_tokens(indices, token_shape=grid, codebook_size=self.quantizer.codebook_size)
-    codes = self.quantizer.indices_to_codes(jnp.asarray(indices))
-    expected = (*shape[:3], self.quantizer.code_dim)
-    if codes.shape != expected:
-      raise ValueError(
-          f"indices of shape {shape} do not match the quantizer's index layout: they map to "
-          f"codes of shape {codes.shape}, expected {expected}. Pass indices shaped like "
-          f"encode's output ([B, h, w], or [B, h, w, L] for residual / grouped quantizers)")
-    return self.decode_latents(codes)
-
-  def __call__(self, images, *, train: bool = False) -> TokenizerOutput:
-    """Reconstruction [B, H, W, 3] f32 and the QuantizerOutput, for training."""
-    quantizer_output = self.quantizer(self._latents(images), train=train)
-    return TokenizerOutput(self.decode_latents(quantizer_output.quantized), quantizer_output)
+    return self.decoder(h)
