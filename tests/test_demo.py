@@ -1,17 +1,48 @@
-"""`jaxtok demo --quick` end to end on the real trainers: every part writes what the README
-promises, measured figures only, and a rerun resumes instead of training again."""
+"""`jaxtok demo --quick` end to end on the real trainers: stopped by SIGTERM in part 1 it
+exports nothing and goes no further; run again it resumes, writes what the README promises
+with measured figures only; a third run trains nothing and reports the same figures."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 from PIL import Image
 
 import jaxtok
 from jaxtok import demo
+from jaxtok.train.metrics import read_jsonl
+from tests.train.conftest import REPO, subprocess_env
 
 
-def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
+def _stop_during_part_one(workdir) -> str:
+  """Runs the real CLI, sends SIGTERM once part 1's training started; returns stdout."""
+  proc = subprocess.Popen([sys.executable, "-m", "jaxtok.cli", "demo", "--quick", "--workdir",
+                           str(workdir)], env=subprocess_env(), cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  seen = ""
+  while time.time() < deadline and "training: started" not in seen:
+    line = proc.stderr.readline()
+    if not line:
+      break
+    seen += line
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, (seen + err)[-3000:]
+  return out
+
+
+def test_quick_demo_stops_resumes_and_reports_only_what_it_measured(tmp_path, capsys):
+  out = _stop_during_part_one(tmp_path)
+  assert "demo stopped:" in out and "run the demo again to resume" in out, out
+  assert not (tmp_path / "tokenizer" / "export").exists()  # nothing half-trained exported
+  assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "quantizers").exists()
+
   results = demo.run(workdir=str(tmp_path), quick=True)
+  assert "resumed from step" in capsys.readouterr().err
   for name in ("metrics.json", "recon.png", "samples.png", "samples.npz",
                "quantizers/metrics.json", "quantizers/recon.png"):
     assert (tmp_path / name).is_file(), name
@@ -32,9 +63,11 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path, capsys):
   assert results["generator"]["step"] == 8 and np.isfinite(results["generator"]["loss"])
 
   # A rerun finds every run finished: nothing trains again, the same figures are reported.
-  capsys.readouterr()
   again = demo.run(workdir=str(tmp_path), quick=True)
   assert again["tokenizer"] == results["tokenizer"]
   assert json.loads((tmp_path / "metrics.json").read_text()) == tokenizer
   assert again["quantizers"] == results["quantizers"]
-  assert "resumed from step 8" in capsys.readouterr().err
+  assert "resumed from step 8 " in capsys.readouterr().err
+  rows = read_jsonl(tmp_path / "tokenizer" / "metrics.jsonl")
+  steps = [r["step"] for r in rows]
+  assert steps == sorted(set(steps)) and steps[-1] == 8  # one row per step, in order
