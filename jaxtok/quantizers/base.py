@@ -15,6 +15,8 @@ Shape letters used across jaxtok/quantizers: `...` any leading (batch, spatial o
 D the channel dimension of z, K the codebook size, L residual levels, G groups.
 """
 
+import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -96,8 +98,9 @@ def check_last_dim(z: jax.Array, expected: int, *, name: str = "z") -> None:
 def check_indices(indices: jax.Array, codebook_size: int, *, name: str = "indices") -> None:
   """Rejects float dtypes always, and out-of-range ids when `indices` is concrete.
 
-  JAX gathers clamp out-of-range ids silently, so a concrete check here is the only place a
-  wrong id can be caught. Under jit the values are unknown and only the dtype is checked.
+  JAX gathers read out-of-range ids silently (a clamped or a NaN code), so a concrete check
+  here is the only place a wrong id can be caught eagerly. Under jit the values are unknown
+  and only the dtype is checked: `checked_indices` also catches them there.
   """
   dtype = jnp.asarray(indices).dtype if not hasattr(indices, "dtype") else indices.dtype
   if not jnp.issubdtype(dtype, jnp.integer):
@@ -109,3 +112,41 @@ def check_indices(indices: jax.Array, codebook_size: int, *, name: str = "indice
     raise ValueError(
         f"{name} must lie in [0, {codebook_size}); got values in "
         f"[{values.min()}, {values.max()}]")
+
+
+class IndexRangeWarning(RuntimeWarning):
+  """Token or class ids out of range reached a jitted computation (and were clamped)."""
+
+
+def checked_indices(indices, codebook_size: int, *, name: str = "indices") -> jax.Array:
+  """`indices` as an int array whose ids all lie in [0, codebook_size), under jit too.
+
+  Concrete ids are checked as by `check_indices` (ValueError) and returned unchanged. Traced
+  ids (under jit, where nothing can raise on values) are clamped into range, and when any was
+  out of range an `IndexRangeWarning` naming their count and the valid range is issued on the
+  host (`jax.debug.callback`) as the computation runs: without this, gathers would silently
+  read NaN or wrong codes. In-range ids pass unchanged, bit for bit, either way.
+
+  A warning, not an exception: an exception in a debug callback reaches the caller as an
+  opaque JaxRuntimeError (INTERNAL: CpuCallback error ...) after a logged traceback, and only
+  at the next synchronisation on accelerators.
+  """
+  check_indices(indices, codebook_size, name=name)
+  indices = jnp.asarray(indices)
+  if not isinstance(indices, jax.core.Tracer) or indices.size == 0:
+    return indices
+  out_of_range = (indices < 0) | (indices >= codebook_size)
+  jax.debug.callback(
+      functools.partial(_warn_out_of_range, name=name, codebook_size=codebook_size),
+      jnp.sum(out_of_range), jnp.min(indices), jnp.max(indices), indices.size)
+  return jnp.clip(indices, 0, codebook_size - 1).astype(indices.dtype)
+
+
+def _warn_out_of_range(count, low, high, size, *, name: str, codebook_size: int) -> None:
+  # Under vmap the callback may see a batch of counts: report them together.
+  count, low, high = int(np.sum(count)), int(np.min(low)), int(np.max(high))
+  if count:
+    warnings.warn(
+        f"{name}: {count} of {int(np.sum(size))} ids lie outside [0, {codebook_size}) (values in "
+        f"[{low}, {high}]); they were clamped into range, so the result is not what those "
+        f"ids ask for", IndexRangeWarning, stacklevel=1)

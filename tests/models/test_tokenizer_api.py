@@ -1,5 +1,8 @@
-"""The Tokenizer API (models/tokenizers/tokenizer.py): its shared input checks, and the API on
-the tiny VQGAN with every kind of quantizer plugged in."""
+"""The Tokenizer API (models/tokenizers/tokenizer.py): its shared input checks (with the id
+range check that works under jit, quantizers.base.checked_indices), and the API on the tiny
+VQGAN with every kind of quantizer plugged in."""
+
+import warnings
 
 import chex
 import jax
@@ -9,7 +12,7 @@ import pytest
 
 from jaxtok.models.tokenizers import Tokenizer, TokenizerOutput, check_tokens, prepare_images
 from jaxtok.models.tokenizers.vqgan import VQGAN
-from jaxtok.quantizers.base import QuantizerOutput
+from jaxtok.quantizers.base import IndexRangeWarning, QuantizerOutput, checked_indices
 from jaxtok.quantizers.bsq import BSQ
 from jaxtok.quantizers.fsq import FSQ
 from jaxtok.quantizers.group import GroupQuantizer
@@ -81,6 +84,33 @@ def test_check_tokens_accepts_grids_and_1d_prefixes():
   with pytest.raises(ValueError, match="prefix"):
     check_tokens(np.zeros((2, 33), np.int32), token_shape=(32,), codebook_size=8,
                  allow_prefix=True)
+
+
+def test_checked_indices_raises_eagerly_and_clamps_with_a_warning_under_jit():
+  ids = np.array([[0, 7], [3, 5]], np.int32)
+  bad = np.array([[0, 8], [-2, 5]], np.int32)
+  with pytest.raises(ValueError, match=r"ids must lie in \[0, 8\); got values in \[-2, 8\]"):
+    checked_indices(bad, 8, name="ids")
+  with pytest.raises(TypeError, match="integer array"):
+    jax.jit(lambda x: checked_indices(x, 8))(bad.astype(np.float32))
+  jitted = jax.jit(lambda x: checked_indices(x, 8, name="ids"))
+  with pytest.warns(IndexRangeWarning,
+                    match=r"ids: 2 of 4 ids lie outside \[0, 8\) \(values in \[-2, 8\]\)"):
+    np.testing.assert_array_equal(jitted(bad), [[0, 7], [0, 5]])
+    jax.effects_barrier()
+  with pytest.warns(IndexRangeWarning) as record:  # under vmap: one report per row
+    jax.vmap(jitted)(bad)
+    jax.effects_barrier()
+  assert sorted(str(w.message).split(";")[0] for w in record) == [
+      "ids: 1 of 2 ids lie outside [0, 8) (values in [-2, 5])",
+      "ids: 1 of 2 ids lie outside [0, 8) (values in [0, 8])"]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = jitted(ids)
+    jax.effects_barrier()
+  assert not caught and out.dtype == jnp.int32
+  np.testing.assert_array_equal(out, ids)
+  np.testing.assert_array_equal(checked_indices(ids, 8), ids)
 
 
 # ------------------------------------------------------------ the API on a tiny VQGAN

@@ -225,7 +225,9 @@ def check_tokens(indices, *, token_shape: Sequence[int], codebook_size: int,
   indices must be [B, *token_shape, *extra_shape]. `extra_shape` (the quantizer's per-token
   index dims, e.g. (L,) for residual) is checked when given, else left to the quantizer.
   `allow_prefix` (1D tokenizers only) accepts [B, n, ...] for any 1 <= n <= token_shape[0].
-  The range is checked only on concrete arrays (see quantizers.base.check_indices).
+  The range is checked only on concrete arrays (see quantizers.base.check_indices): under
+  jit, out-of-range ids read NaN or wrong codes unless the caller passes them through
+  `quantizers.base.checked_indices` first, as `jaxtok.load` tokenizers do by default.
   """
   token_shape = tuple(int(s) for s in token_shape)
   shape = tuple(np.shape(indices))
