@@ -47,13 +47,17 @@ def _load(path: str, kind: type, flag: str):
 
   is_workdir = (not os.path.isfile(os.path.join(path, inference.CONFIG_FILE))
                 and os.path.isdir(os.path.join(path, "checkpoints")))
-  if kind is inference.LoadedGenerator and is_workdir:
-    from jaxtok.train import export
+  try:
+    if kind is inference.LoadedGenerator and is_workdir:
+      from jaxtok.train import export
 
-    config, variables, _ = export.restore_model(path)
-    loaded = inference.assemble(config, variables)
-  else:
-    loaded = inference.load(path)
+      config, variables, _ = export.restore_model(path)
+      loaded = inference.assemble(config, variables)
+    else:
+      loaded = inference.load(path)
+  except (ValueError, FileNotFoundError) as e:  # say which of the paths given is the bad one
+    error = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+    raise error(f"{flag}: {e}") from e
   if not isinstance(loaded, kind):
     wanted = "tokenizer" if kind is inference.LoadedTokenizer else "generator"
     raise ValueError(f"{flag} {path!r} holds a {loaded.config.trainer!r} model; expected a "
@@ -97,6 +101,16 @@ def _sample(args):
   from jaxtok import inference
   from jaxtok.models.generators.maskgit import MaskGIT
 
+  # Checked before loading (slow) and sampling (slower), naming the flags.
+  if args.num < 1:
+    raise ValueError(f"--num must be >= 1; got {args.num}")
+  if not 0 <= args.seed < 2**32:
+    raise ValueError(f"--seed must lie in [0, 2**32) (PRNG seeds are 32-bit); got {args.seed}")
+  if args.cfg_scale != 1.0 and args.class_id is None:
+    raise ValueError(f"--cfg-scale {args.cfg_scale:g} needs --class-id: classifier-free "
+                     f"guidance steers samples towards a class (--cfg-scale 1 samples without)")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise ValueError(f"--out {args.out!r} is a file; pass a directory")
   generator = _load(args.model, inference.LoadedGenerator, "--model")
   tok = _load(args.tokenizer, inference.LoadedTokenizer, "--tokenizer")
   options = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,

@@ -19,13 +19,19 @@ import orbax.checkpoint as ocp
 
 from jaxtok import build
 from jaxtok.data import images as image_lib
+from jaxtok.quantizers.base import checked_indices
 
 CONFIG_FILE = "config.json"
 VARIABLES_DIR = "variables"
 
 
 class LoadedTokenizer(NamedTuple):
-  """A ready tokenizer: `encode(images)` (uint8 or [-1, 1] NHWC) -> ids, `decode(ids)`."""
+  """A ready tokenizer: `encode(images)` (uint8 or [-1, 1] NHWC) -> ids, `decode(ids)`.
+
+  `decode` checks the ids' range by default, under jit too (`checked_indices`): eager ids
+  out of range raise a ValueError; traced ones are clamped with an IndexRangeWarning naming
+  their count, where an unchecked decode would silently give NaN or wrong images.
+  """
 
   model: Any  # a jaxtok.models.tokenizers.Tokenizer
   variables: dict[str, Any]  # {"params", "quantizer_state"?}
@@ -39,7 +45,11 @@ class LoadedTokenizer(NamedTuple):
   def encode(self, images, **kwargs):
     return self.model.apply(self.variables, images, method="encode", **kwargs)
 
-  def decode(self, indices, **kwargs):
+  def decode(self, indices, *, check: bool = True, **kwargs):
+    """Token ids -> images [B, H, W, 3] f32 in [-1, 1] (unclipped); check: see the class."""
+    codebook_size = self.model.quantizer.codebook_size
+    if check and codebook_size > 0:  # 0: continuous latents, refused by the model's decode
+      indices = checked_indices(indices, codebook_size)
     return self.model.apply(self.variables, indices, method="decode", **kwargs)
 
   def reconstruct(self, images):
@@ -48,22 +58,40 @@ class LoadedTokenizer(NamedTuple):
 
 
 class LoadedGenerator(NamedTuple):
-  """A ready token generator (GPT or MaskGIT): `sample(rng, labels, **options)` -> ids."""
+  """A ready token generator (GPT or MaskGIT): `sample(rng, labels, **options)` -> ids.
+
+  `sample` checks the class labels' range as `LoadedTokenizer.decode` checks ids, under jit
+  too: unchecked, label num_classes would silently sample unconditionally (the null class)
+  and larger ones from a NaN embedding.
+  """
 
   model: Any  # a jaxtok.models.generators GPT or MaskGIT
   variables: dict[str, Any]  # {"params"}
   config: ml_collections.ConfigDict
 
-  def sample(self, rng, labels=None, **kwargs):
+  def sample(self, rng, labels=None, *, check: bool = True, **kwargs):
+    """Token ids [B, *token_shape]; options as the model's `sample` (num_samples, cfg_scale,
+    temperature, top_k, top_p; num_steps for MaskGIT)."""
+    if check and labels is not None and self.model.num_classes > 0:
+      labels = checked_indices(labels, self.model.num_classes, name="labels")
     return self.model.sample(self.variables["params"], rng, labels, **kwargs)
+
+
+def _kind(config, where: str) -> str:
+  """"tokenizer" or "generator", from the config's trainer."""
+  trainer = config.get("trainer") if hasattr(config, "get") else None
+  if trainer not in build.TRAINED_KINDS:
+    raise ValueError(f"{where} is not a jaxtok model config: its 'trainer' must be one of "
+                     f"{sorted(build.TRAINED_KINDS)}; got {trainer!r}")
+  return build.TRAINED_KINDS[trainer]
 
 
 def assemble(config: dict, variables: dict, *, dtype: str = "float32"):
   """A LoadedTokenizer or LoadedGenerator from a run's config and the model's variables."""
+  kind = _kind(config, "the config")
   config = ml_collections.ConfigDict(config)
   model = build.model(config, dtype)
   variables = {k: jax.tree.map(jnp.asarray, v) for k, v in dict(variables).items() if v}
-  kind = build.TRAINED_KINDS[config.trainer]
   return (LoadedTokenizer if kind == "tokenizer" else LoadedGenerator)(model, variables, config)
 
 
@@ -89,17 +117,73 @@ def load(path: str, *, dtype: str = "float32") -> LoadedTokenizer | LoadedGenera
               f"--out EXPORT_DIR`)")
     raise FileNotFoundError(f"{path!r} is not a jaxtok export: no {CONFIG_FILE}{hint}")
   with open(config_path) as f:
-    config = json.load(f)
-  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path),
-                                                              VARIABLES_DIR))
+    try:
+      config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{config_path} is not valid JSON ({e}): export the model again") from None
+  _kind(config, config_path)
+  variables_dir = os.path.join(os.path.abspath(path), VARIABLES_DIR)
+  if not os.path.isdir(variables_dir):
+    raise FileNotFoundError(f"{path!r} is an incomplete jaxtok export: it has {CONFIG_FILE} "
+                            f"but no {VARIABLES_DIR}/ (the model's weights); export it again")
+  variables = ocp.StandardCheckpointer().restore(variables_dir)
   return assemble(config, variables, dtype=dtype)
 
 
+def tokenizer_fingerprint(config) -> dict[str, Any]:
+  """What decides a tokenizer's tokens, from its run's config: {"model": its model section,
+  "quantizer": its quantizer section, "data.image_size": its image side}, as JSON values
+  (tuples become lists), so that configs read back from any JSON file compare equal."""
+  sections = {}
+  for key in ("model", "quantizer", "data.image_size"):
+    value = config
+    for part in key.split("."):
+      if not hasattr(value, "items") or part not in value:
+        raise ValueError(f"not a tokenizer config: no {key!r} entry")
+      value = value[part]
+    sections[key] = json.loads(json.dumps(build.plain(value), default=str))
+  return sections
+
+
+def _flat(value, prefix: str) -> dict[str, Any]:
+  """{"a.b.c": leaf} for every leaf of nested dicts under `prefix`."""
+  if not (isinstance(value, dict) and value):
+    return {prefix: value}
+  return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()}
+
+
+def _differences(trained: dict, given: dict, *, limit: int = 4) -> str:
+  """'model.config.ch: 32 vs 64, ...' over the fields where two fingerprints differ."""
+  trained = {k: v for key, item in trained.items() for k, v in _flat(item, key).items()}
+  given = {k: v for key, item in given.items() for k, v in _flat(item, key).items()}
+  absent = object()
+  keys = [k for k in sorted(trained.keys() | given.keys())
+          if trained.get(k, absent) != given.get(k, absent)]
+  show = lambda fields, k: json.dumps(fields[k]) if k in fields else "(absent)"
+  diffs = [f"{k}: {show(trained, k)} vs {show(given, k)}" for k in keys[:limit]]
+  return ", ".join(diffs) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def check_pair(generator: LoadedGenerator, tokenizer: LoadedTokenizer) -> None:
-  """Raises ValueError unless `tokenizer` makes the tokens `generator` was trained on."""
+  """Raises ValueError unless `tokenizer` makes the tokens `generator` was trained on.
+
+  When the generator's config carries the config of the tokenizer its tokens came from (the
+  `tokenizer` entry: the token directory's `tokenizer_config`), their fingerprints
+  (`tokenizer_fingerprint`) must agree; token grids and codebook sizes must agree always.
+  """
   if not isinstance(tokenizer, LoadedTokenizer) or not isinstance(generator, LoadedGenerator):
     raise ValueError(f"need a generator and a tokenizer export; got a "
                      f"{type(generator).__name__} and a {type(tokenizer).__name__}")
+  trained_on = generator.config.get("tokenizer")
+  if trained_on:
+    trained, given = tokenizer_fingerprint(trained_on), tokenizer_fingerprint(tokenizer.config)
+    if trained != given:
+      origin = trained_on.get("exported_from") or {}
+      hint = (f"; its tokens were made by the export of {origin['workdir']} (step "
+              f"{origin.get('step')})" if "workdir" in origin else "")
+      raise ValueError(f"this tokenizer is not the one that made the generator's training "
+                       f"tokens (the generator's tokenizer vs this one): "
+                       f"{_differences(trained, given)}{hint}")
   model = generator.model
   codebook = tokenizer.model.quantizer.codebook_size
   size = tokenizer.image_size
@@ -120,6 +204,9 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
   model = generator.model
   if num < 1:
     raise ValueError(f"num must be >= 1; got {num}")
+  if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
+    raise ValueError(f"seed must be an integer in [0, 2**32) (PRNG seeds are 32-bit: -1 and "
+                     f"2**32 - 1 would draw the same samples); got {seed!r}")
   labels = None
   if class_id is not None:
     if model.num_classes == 0:
@@ -130,6 +217,8 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
     labels = np.full((num,), class_id, np.int32)
   ids = generator.sample(seed, labels, num_samples=None if labels is not None else num,
                          **options)
+  # Checked here, eagerly, for a ValueError: in the jitted decode it could only warn.
+  ids = checked_indices(ids, tokenizer.model.quantizer.codebook_size, name="sampled token ids")
   images = jax.jit(tokenizer.decode)(ids)
   return {"tokens": np.asarray(ids),
           "labels": np.full((num,), -1 if class_id is None else class_id, np.int32),
