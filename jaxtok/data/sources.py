@@ -14,6 +14,7 @@ many bytes of UTF-8 JSON metadata (at least {"key": relative path}), then the im
 Build shards from a folder with `tools/make_arrayrecord.py`.
 """
 
+import collections
 import glob
 import hashlib
 import json
@@ -21,7 +22,8 @@ import os
 import struct
 from collections.abc import Sequence
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Every format here decodes with Pillow (`transforms.decode_image`); a GIF gives its first frame.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 SPLITS = ("all", "train", "eval")
 _MAGIC = b"JXT1"
 
@@ -68,6 +70,19 @@ def list_images(folder: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS,
   return [k for k in found if in_eval_split(k, eval_fraction) == (split == "eval")]
 
 
+def no_images_message(folder: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                      what: str = "") -> str:
+  """Why `folder` gave no images: the extensions searched and the files found instead."""
+  found = collections.Counter()
+  for _, _, files in os.walk(folder):
+    found.update(os.path.splitext(name)[1].lower() or name for name in files)
+  common = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:5]
+  listed = ", ".join(f"{ext} ({n})" for ext, n in common)
+  listed = f"; found {sum(found.values())} files: {listed}" if found else "; found no files"
+  return (f"no image files{what} under folder {folder!r}; searched recursively for extensions "
+          f"{tuple(extensions)} (case-insensitive){listed}")
+
+
 class FolderSource:
   """Every image file under `folder` (recursively), in sorted path order.
 
@@ -83,8 +98,7 @@ class FolderSource:
                              eval_fraction=eval_fraction)
     if not self.paths:
       what = "" if split == "all" else f" in split {split!r} (eval_fraction={eval_fraction})"
-      raise ValueError(f"no image files{what} under folder {self.folder!r}; searched "
-                       f"recursively for extensions {tuple(extensions)} (case-insensitive)")
+      raise ValueError(no_images_message(self.folder, extensions=extensions, what=what))
 
   def __len__(self) -> int:
     return len(self.paths)

@@ -125,11 +125,30 @@ def test_exif_orientation_matches_pil(orientation):
 
 def test_folder_listing_is_recursive_sorted_and_filters_extensions(tmp_path):
   (tmp_path / "b" / "c").mkdir(parents=True)
-  for name in ("z.PNG", "a.jpg", "b/c/x.webp", "b/y.jpeg", "notes.txt", "b/c/raw.tiff"):
+  for name in ("z.PNG", "a.jpg", "b/c/x.webp", "b/y.jpeg", "notes.txt", "b/c/raw.heic",
+               "b/c/t.TIF", "g.gif", "m.bmp", "b/t.tiff"):
     (tmp_path / name).write_bytes(b"x")
-  assert sources.list_images(str(tmp_path)) == ["a.jpg", "b/c/x.webp", "b/y.jpeg", "z.PNG"]
+  assert sources.list_images(str(tmp_path)) == ["a.jpg", "b/c/t.TIF", "b/c/x.webp", "b/t.tiff",
+                                                "b/y.jpeg", "g.gif", "m.bmp", "z.PNG"]
   source = sources.FolderSource(str(tmp_path))
-  assert len(source) == 4 and source[1] == {"key": str(tmp_path / "b/c/x.webp"), "bytes": b"x"}
+  assert len(source) == 8 and source[2] == {"key": str(tmp_path / "b/c/x.webp"), "bytes": b"x"}
+
+
+def test_gif_bmp_and_tiff_decode_to_rgb():
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+  for fmt in ("BMP", "TIFF"):
+    np.testing.assert_array_equal(transforms.decode_image(_encode(Image.fromarray(rgb), fmt)),
+                                  rgb)
+  grey16 = transforms.decode_image(_encode(Image.fromarray(V16[None].astype("<u2")), "TIFF"))
+  np.testing.assert_array_equal(grey16[0], np.repeat(V8[:, None], 3, 1))
+  frames = [Image.fromarray(np.full((4, 4), i, np.uint8), "P") for i in range(3)]
+  for frame in frames:
+    frame.putpalette([10, 20, 30, 40, 50, 60, 70, 80, 90] + [0] * 759)
+  buf = io.BytesIO()
+  frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], transparency=2)
+  np.testing.assert_array_equal(transforms.decode_image(buf.getvalue()),  # the first frame
+                                np.full((4, 4, 3), [10, 20, 30], np.uint8))
 
 
 def test_empty_folder_error_names_folder_and_extensions(tmp_path):
