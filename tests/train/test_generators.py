@@ -234,6 +234,18 @@ def test_sample_command_end_to_end(reference_run, tokenizer_export, tmp_path, ca
   other = inference.LoadedGenerator(build.model(config), None, config)
   with pytest.raises(ValueError, match=r"the tokenizer makes \(4, 4\) tokens of 32 codes"):
     inference.sample_images(other, tok)
+  # An export carrying the config of the tokenizer its tokens came from (the `tokenizer`
+  # entry) samples with that tokenizer, and refuses one of equal sizes but other fields.
+  with open(os.path.join(export, inference.CONFIG_FILE)) as f:
+    exported = json.load(f)
+  for ch, status in ((tok.config.model.config.ch, 0), (tok.config.model.config.ch // 2, 2)):
+    trained_on = tok.config.to_dict()
+    trained_on["model"]["config"]["ch"] = ch
+    with open(os.path.join(export, inference.CONFIG_FILE), "w") as f:
+      json.dump({**exported, "tokenizer": trained_on}, f)
+    assert cli.main(args + ["--num", "2"]) == status
+  err = capsys.readouterr().err
+  assert f"model.config.ch: {ch} vs {2 * ch}" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_maskgit_trains_on_the_spine_and_samples(token_dir, tokenizer_export, tmp_path):
