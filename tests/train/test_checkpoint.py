@@ -1,9 +1,13 @@
-"""Checkpointer: state + Grain iterator + config in one step, non-finite states refused."""
+"""Checkpointer: state + Grain iterator + config in one step, non-finite states refused,
+damaged steps passed over for the step before, readers that change nothing."""
+
+import time
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxtok.train import checkpoint
 from jaxtok.train.state import TokenizerState
@@ -60,3 +64,50 @@ def test_mismatch_lines_name_path_and_both_shapes():
   assert any("params/new: built by this config" in line for line in lines)
   assert any("params/old: in the checkpoint" in line for line in lines)
   assert checkpoint.config_differences({"a": {"b": 1}}, {"a": {"b": 2}}) == ["  a.b: 1 -> 2"]
+
+
+def _damage(directory, step: int, how: str) -> None:
+  state = directory / str(step) / "state"
+  if how == "truncate":  # the largest array file cut short
+    largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(largest, "r+b") as f:
+      f.truncate(10)
+  else:  # its metadata deleted: must not read as "every array missing" (a config mismatch)
+    (state / "_METADATA").unlink()
+
+
+def test_a_damaged_step_falls_back_to_the_step_before_and_none_left_is_one_error(tmp_path,
+                                                                                 caplog):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=None, async_save=False)
+  for step in (1, 2, 3):
+    ckpt.save(step, _state(float(step)))
+  ckpt.close()
+  _damage(tmp_path, 3, "truncate")
+  _damage(tmp_path, 2, "metadata")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0.0))
+  reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  state, step = reader.restore_newest(lambda s: reader.restore(s, abstract))
+  assert step == 1 and reader.bad_steps == [3, 2]
+  np.testing.assert_array_equal(state.params["w"], np.full((2, 3), 1.0))
+  assert "checkpoint steps 3, 2 in " in caplog.text and "using step 1 instead" in caplog.text
+  with pytest.raises(checkpoint.CheckpointCorruptError, match="step 3 .* cannot be read"):
+    reader.restore_newest(lambda s: reader.restore(s, abstract), step=3)  # no fallback asked
+  with pytest.raises(FileNotFoundError, match="no checkpoint step 7 .*; steps there: 1, 2, 3"):
+    reader.restore_newest(lambda s: reader.restore(s, abstract), step=7)
+  _damage(tmp_path, 1, "truncate")
+  with pytest.raises(checkpoint.CheckpointCorruptError,
+                     match=r"no intact checkpoint in .*: steps 3, 2, 1 cannot be read"):
+    reader.restore_newest(lambda s: reader.restore(s, abstract))
+  reader.close()
+
+
+def test_a_reader_creates_nothing_and_leaves_a_running_save_alone(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint under .*: train first"):
+    checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), read_only=True)
+  assert not (tmp_path / "run").exists()
+  writing = tmp_path / "3.orbax-checkpoint-tmp-1700000000000000"  # a save in flight
+  writing.mkdir()
+  reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  time.sleep(0.5)  # a writer's clean-up of unfinished saves runs in the background by then
+  reader.close()
+  assert writing.exists()
