@@ -1,8 +1,12 @@
 """Guards: a non-finite step leaves the state untouched (selected, not multiplied), is
-counted, and K in a row abort the run; stop signals set a flag instead of killing."""
+counted, and K in a row abort the run; stop signals set a flag instead of killing; one process
+at a time holds a workdir."""
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -67,3 +71,46 @@ def test_stop_signal_sets_a_flag_and_restores_the_handler(signum):
     os.kill(os.getpid(), signum)
     assert stop.requested and stop.signal_name == signal.Signals(signum).name
   assert signal.getsignal(signum) is before
+
+
+def test_workdir_lock_refuses_a_second_holder_naming_the_first_and_survives_errors(tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(RuntimeError, match="boom"):
+    with guards.WorkdirLock(str(workdir)):
+      holder = (workdir / ".lock").read_text().split()
+      assert holder[:2] == [str(os.getpid()), socket.gethostname()]
+      # flock belongs to the open file, so a second open in this process is a second holder.
+      with pytest.raises(guards.WorkdirLockedError,
+                         match=rf"in use by pid {os.getpid()} on \S+ since 20\d\d-"):
+        guards.WorkdirLock(str(workdir)).__enter__()
+      raise RuntimeError("boom")
+  with guards.WorkdirLock(str(workdir), create=False):  # released by the exception
+    pass
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    guards.WorkdirLock(str(tmp_path / "missing"), create=False).__enter__()
+  assert not (tmp_path / "missing").exists()
+
+
+def test_workdir_lock_of_a_killed_process_does_not_block(tmp_path):
+  code = ("import sys, time; from jaxtok.train import guards; "
+          "guards.WorkdirLock(sys.argv[1]).__enter__(); print('locked', flush=True); "
+          "time.sleep(120)")
+  proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline().strip() == "locked"
+    with pytest.raises(guards.WorkdirLockedError, match=f"pid {proc.pid} "):
+      guards.WorkdirLock(str(tmp_path)).__enter__()
+  finally:
+    proc.kill()
+    proc.wait()
+  with guards.WorkdirLock(str(tmp_path)):  # its stale line is no obstacle
+    assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_abort_note_says_what_the_newest_checkpoint_holds():
+  error = guards.NonFiniteError("stopped", step=13, in_a_row=3)  # steps 11-13 skipped
+  note = lambda newest: guards.checkpoint_note(error, newest, "/run/checkpoints")
+  assert "no checkpoint was written before the abort" in note(None)
+  assert "step 10 in /run/checkpoints, from before the non-finite steps" in note(10)
+  assert "step 12 in /run/checkpoints; it holds the parameters of step 10" in note(12)
