@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -87,12 +88,47 @@ def _kind(config, where: str) -> str:
 
 
 def assemble(config: dict, variables: dict, *, dtype: str = "float32"):
-  """A LoadedTokenizer or LoadedGenerator from a run's config and the model's variables."""
+  """A LoadedTokenizer or LoadedGenerator from a run's config and the model's variables, which
+  must have the shapes of the variables of the model the config describes."""
   kind = _kind(config, "the config")
+  if dtype not in build.DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(build.DTYPES)}; got {dtype!r}")
   config = ml_collections.ConfigDict(config)
   model = build.model(config, dtype)
   variables = {k: jax.tree.map(jnp.asarray, v) for k, v in dict(variables).items() if v}
+  check_variables(model, variables, kind, config)
   return (LoadedTokenizer if kind == "tokenizer" else LoadedGenerator)(model, variables, config)
+
+
+def check_variables(model, variables: dict, kind: str, config) -> None:
+  """Raises ValueError unless `variables` have the tree and shapes `model.init` gives (traced
+  only, nothing computed): else the first use would fail deep in Flax, after any sampling."""
+  if kind == "tokenizer":
+    size = int(config.data.image_size)
+    inputs = jnp.zeros((1, size, size, 3), jnp.float32)
+  else:
+    inputs = jnp.zeros((1, *model.token_shape), jnp.int32)
+
+  def init():
+    key = jax.random.key(0)
+    return nn.meta.unbox(model.init({"params": key, "quantizer": key, "dropout": key}, inputs))
+
+  expected = _shapes({k: v for k, v in jax.eval_shape(init).items() if k in ("params",
+                                                                              *variables)})
+  given = _shapes(variables)
+  paths = sorted(expected.keys() | given.keys())
+  wrong = [f"{p} has shape {given[p]}, the model's {expected[p]}" if p in given and p in expected
+           else f"{p} is missing" if p in expected else f"{p} is not in the model"
+           for p in paths if given.get(p) != expected.get(p)]
+  if wrong:
+    more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    raise ValueError(f"the variables do not fit the model the config describes: "
+                     f"{'; '.join(wrong[:3])}{more} (config and variables from different runs?)")
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def save(out: str, config: dict, variables: dict) -> str:
@@ -127,7 +163,10 @@ def load(path: str, *, dtype: str = "float32") -> LoadedTokenizer | LoadedGenera
     raise FileNotFoundError(f"{path!r} is an incomplete jaxtok export: it has {CONFIG_FILE} "
                             f"but no {VARIABLES_DIR}/ (the model's weights); export it again")
   variables = ocp.StandardCheckpointer().restore(variables_dir)
-  return assemble(config, variables, dtype=dtype)
+  try:
+    return assemble(config, variables, dtype=dtype)
+  except ValueError as e:  # say which export
+    raise ValueError(f"{path!r}: {e}") from e
 
 
 def tokenizer_fingerprint(config) -> dict[str, Any]:
@@ -202,13 +241,15 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
   "images": uint8 [num, H, W, 3]}."""
   check_pair(generator, tokenizer)
   model = generator.model
-  if num < 1:
-    raise ValueError(f"num must be >= 1; got {num}")
-  if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
+  if not (_is_int(num) and num >= 1):
+    raise ValueError(f"num must be an integer >= 1; got {num!r}")
+  if not (_is_int(seed) and 0 <= seed < 2**32):
     raise ValueError(f"seed must be an integer in [0, 2**32) (PRNG seeds are 32-bit: -1 and "
                      f"2**32 - 1 would draw the same samples); got {seed!r}")
   labels = None
   if class_id is not None:
+    if not _is_int(class_id):
+      raise ValueError(f"class_id must be an integer class id; got {class_id!r}")
     if model.num_classes == 0:
       raise ValueError(f"class_id: this generator is unconditional (num_classes=0); got "
                        f"{class_id}")
@@ -223,6 +264,10 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
   return {"tokens": np.asarray(ids),
           "labels": np.full((num,), -1 if class_id is None else class_id, np.int32),
           "images": np.asarray(image_lib.to_uint8(images))}
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def write_samples(result: dict[str, np.ndarray], out: str) -> None:

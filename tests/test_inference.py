@@ -149,11 +149,29 @@ def test_load_refuses_broken_exports(tmp_path, files, error, match):
     inference.load(str(tmp_path))
 
 
-def test_sample_images_refuses_bad_num_and_seed():
+def test_load_refuses_variables_of_another_model(tok, tmp_path):
+  config = json.loads(tok.config.to_json())
+  export = inference.save(str(tmp_path / "export"), config, tok.variables)
+  chex.assert_trees_all_equal(inference.load(export).variables, tok.variables)
+  with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float32'\]"):
+    inference.load(export, dtype="float16")
+  config["model"]["config"]["ch"] = 64  # config.json edited after the export
+  with open(tmp_path / "export" / inference.CONFIG_FILE, "w") as f:
+    json.dump(config, f)
+  with pytest.raises(ValueError, match=(
+      r"export'?: the variables do not fit the model the config describes: "
+      r"params/decoder/\S+ has shape \(\d+,\), the model's \(\d+,\); .* and \d+ more")):
+    inference.load(export)
+
+
+def test_sample_images_refuses_bad_num_seed_and_class_id():
   gen = _unbound(inference.LoadedGenerator, _generator_config())
   tok = _unbound(inference.LoadedTokenizer, _tokenizer_config())
-  with pytest.raises(ValueError, match="num must be >= 1; got 0"):
-    inference.sample_images(gen, tok, num=0)
+  for num in (0, 2.0):
+    with pytest.raises(ValueError, match=f"num must be an integer >= 1; got {num}"):
+      inference.sample_images(gen, tok, num=num)
+  with pytest.raises(ValueError, match="class_id must be an integer class id; got 1.5"):
+    inference.sample_images(gen, tok, class_id=1.5)
   for seed in (-1, 2**32, 1.5):
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
       inference.sample_images(gen, tok, seed=seed)
