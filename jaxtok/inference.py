@@ -215,7 +215,11 @@ def check_pair(generator: LoadedGenerator, tokenizer: LoadedTokenizer) -> None:
                      f"{type(generator).__name__} and a {type(tokenizer).__name__}")
   trained_on = generator.config.get("tokenizer")
   if trained_on:
-    trained, given = tokenizer_fingerprint(trained_on), tokenizer_fingerprint(tokenizer.config)
+    try:
+      trained = tokenizer_fingerprint(trained_on)
+    except ValueError as e:
+      raise ValueError(f"the generator config's 'tokenizer' entry: {e}") from None
+    given = tokenizer_fingerprint(tokenizer.config)
     if trained != given:
       origin = trained_on.get("exported_from") or {}
       hint = (f"; its tokens were made by the export of {origin['workdir']} (step "
