@@ -2,6 +2,7 @@
 sharding, checkpoints, guards, metric writers and exports around them."""
 
 import importlib
+import os
 
 # config.trainer -> the module whose train(config, workdir) runs it.
 TRAINERS = {"tokenizer": "tokenizer_trainer", "ar": "ar_trainer", "maskgit": "maskgit_trainer"}
@@ -17,16 +18,17 @@ def trainer(config):
 
 def train(config, workdir: str, **kwargs):
   """Trains (or resumes) the run `config` describes in `workdir` with the trainer it names."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):  # said before any model is built
+    raise NotADirectoryError(f"workdir {os.path.abspath(workdir)} is a file, not a directory")
   return trainer(config).train(config, workdir, **kwargs)
 
 
 def evaluate(config, workdir: str, **kwargs):
-  """Evaluates the newest tokenizer checkpoint in `workdir` (see tokenizer_trainer.evaluate)."""
-  if config.get("trainer") != "tokenizer":
-    raise ValueError(f"evaluation on held-out images is for tokenizers (trainer='tokenizer'); "
-                     f"got trainer={config.get('trainer')!r}: sample a generator with "
-                     f"`jaxtok sample` instead")
-  return trainer(config).evaluate(config, workdir, **kwargs)
+  """Evaluates the newest tokenizer checkpoint in `workdir` with the run's saved config, or
+  with `config` when not None (see tokenizer_trainer.evaluate)."""
+  from jaxtok.train import tokenizer_trainer  # pylint: disable=g-import-not-at-top
+
+  return tokenizer_trainer.evaluate(config, workdir, **kwargs)
 
 
 __all__ = ["TRAINERS", "evaluate", "train", "trainer"]

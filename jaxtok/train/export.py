@@ -1,30 +1,29 @@
 """`jaxtok export`: a training run's model (EMA params by default, the quantizer state, the
-config) written as an export directory that `jaxtok.load` reads (see jaxtok/inference.py)."""
+config) written as an export directory that `jaxtok.load` reads (see jaxtok/inference.py).
+
+Exporting only reads the workdir (read-only: it may train meanwhile), so it takes no lock.
+"""
 
 import os
 
-import orbax.checkpoint as ocp
-
 from jaxtok import inference
-from jaxtok.train import checkpoint as checkpoint_lib
+from jaxtok.train import loop
 
 
 def restore_model(workdir: str, *, step: int | None = None, use_ema: bool = True
                   ) -> tuple[dict, dict, int]:
-  """(config, variables, step) of the model in `workdir`'s checkpoint at `step` (newest)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint under {directory}: train first")
-  ckpt = checkpoint_lib.Checkpointer(directory, max_to_keep=None)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {ckpt.directory}: train first")
-    config = ckpt.saved_config(step)
+  """(config, variables, step) of the model in `workdir`'s checkpoint at `step` (default: the
+  newest intact one)."""
+  ckpt = loop.reader(workdir)
+
+  def restore(s: int):
+    config = ckpt.saved_config(s)
     if config is None:
-      raise ValueError(f"checkpoint step {step} in {ckpt.directory} holds no config")
-    state = ckpt.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+      raise ValueError(f"checkpoint step {s} in {ckpt.directory} holds no config")
+    return config, ckpt.restore_raw(s)
+
+  try:
+    (config, state), step = ckpt.restore_newest(restore, step=step)
   finally:
     ckpt.close()
   variables = {"params": state["ema_params" if use_ema else "params"]}
@@ -33,8 +32,20 @@ def restore_model(workdir: str, *, step: int | None = None, use_ema: bool = True
   return config, variables, step
 
 
+def check_out(workdir: str, out: str) -> None:
+  """Refuses an `out` that would write into the run itself: the workdir or its checkpoints."""
+  workdir, out = os.path.realpath(workdir), os.path.realpath(out)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if out == workdir or out == checkpoints or out.startswith(checkpoints + os.sep):
+    raise ValueError(f"--out {out} would write into the workdir {workdir} itself; choose a "
+                     f"directory outside it or beside its checkpoints, e.g. {workdir}/export")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise NotADirectoryError(f"--out {out} is a file, not a directory")
+
+
 def export(workdir: str, out: str, *, step: int | None = None, use_ema: bool = True) -> str:
   """Writes the model of `workdir`'s checkpoint at `step` (default newest) to `out`."""
+  check_out(workdir, out)
   config, variables, step = restore_model(workdir, step=step, use_ema=use_ema)
   origin = {"workdir": os.path.abspath(workdir), "step": step, "ema": use_ema}
   return inference.save(out, {**config, "exported_from": origin}, variables)

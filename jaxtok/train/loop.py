@@ -3,11 +3,12 @@
 A trainer builds its models, its data iterator and a pure step function, then hands them to
 `run`: shapes via `jax.eval_shape` -> shardings on the mesh -> jit init with those
 out_shardings, or restore of the newest checkpoint (state and data position) -> the loop.
-The loop reads the skip counters one step late (the device runs ahead meanwhile), logs, evaluates
-and checkpoints on the config's cadence, turns SIGTERM / SIGINT into a final checkpoint, and
-always saves the last step.
+The loop holds the workdir's lock throughout, reads the skip counters one step late (the device
+runs ahead meanwhile), logs, evaluates and checkpoints on the config's cadence, turns SIGTERM /
+SIGINT into a final checkpoint, and always saves the last step.
 """
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,8 @@ import jax
 from jaxtok.train import checkpoint, guards, sharding
 from jaxtok.train import metrics as metric_io
 from jaxtok.train import state as state_lib
+
+log = logging.getLogger(__name__)
 
 PyTree = Any
 # (state, step, writer) -> metrics of one evaluation pass.
@@ -66,32 +69,66 @@ def checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
                                  async_save=config.checkpoint.async_save)
 
 
+def reader(workdir: str) -> checkpoint.Checkpointer:
+  """`workdir`'s checkpoints opened read-only (evaluation, export): creates nothing, and
+  raises FileNotFoundError when there are none."""
+  return checkpoint.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 read_only=True)
+
+
 def restore_latest(config, workdir: str, init, mesh, *, step: int | None = None):
-  """(state, step) of `workdir`'s checkpoint at `step` (default: the newest), for evaluation."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint under {directory}: train first")
+  """(state, step) of `workdir`'s checkpoint at `step` (default: the newest intact one)."""
   _, _, abstract = layout(init, config.seed, mesh)
-  ckpt = checkpoint.Checkpointer(directory, max_to_keep=None)
+  ckpt = reader(workdir)
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {directory}: train first")
-    return ckpt.restore(step, abstract, config=config), step
+    return ckpt.restore_newest(lambda s: ckpt.restore(s, abstract, config=config), step=step)
   finally:
     ckpt.close()
 
 
+def warn_config_differences(ckpt: checkpoint.Checkpointer, step: int, config, what: str
+                            ) -> list[str]:
+  """Logs one warning line naming the config entries that differ from those saved at `step`
+  (saved -> current); returns them."""
+  diffs = checkpoint.config_differences(ckpt.saved_config(step), checkpoint.config_to_json(config))
+  if diffs:
+    log.warning("%s step %d of %s with a config that differs from the one saved with it "
+                "(saved -> now): %s", what, step, ckpt.directory,
+                "; ".join(d.strip() for d in diffs))
+  return diffs
+
+
 def start_or_resume(config, workdir: str, init, mesh, batches: Iterator):
-  """(checkpointer, state, start step, state shardings): the newest checkpoint of `workdir`
-  restored (rewinding `batches` to its position), or a fresh state at step 0."""
+  """(checkpointer, state, start step, state shardings): the newest intact checkpoint of
+  `workdir` restored (rewinding `batches` to its position), or a fresh state at step 0.
+
+  Newer steps that cannot be read are moved to `<workdir>/corrupt_checkpoints/`, so that
+  the run can write those steps anew.
+  """
   key, shardings, abstract = layout(init, config.seed, mesh)
   ckpt = checkpointer(config, workdir)
-  start = ckpt.latest_step()
-  if start is None:
+  if ckpt.latest_step() is None:
     return ckpt, jit_init(init, shardings)(key), 0, shardings
-  state = ckpt.restore(start, abstract, data_iterator=batches, config=config)
+  try:
+    state, start = ckpt.restore_newest(
+        lambda s: ckpt.restore(s, abstract, data_iterator=batches, config=config))
+    if ckpt.bad_steps:
+      moved = ckpt.set_aside(ckpt.bad_steps, os.path.join(workdir, "corrupt_checkpoints"))
+      if moved:
+        log.warning("moved the unreadable checkpoint step(s) to %s", ", ".join(moved))
+    warn_config_differences(ckpt, start, config, "resuming from")
+  except BaseException:
+    ckpt.close()
+    raise
   return ckpt, state, start, shardings
+
+
+def _non_finite(error: guards.NonFiniteError, ckpt: checkpoint.Checkpointer
+                ) -> guards.NonFiniteError:
+  """`error` completed with what the checkpoints hold now (the saves started are waited for)."""
+  ckpt.wait()
+  note = guards.checkpoint_note(error, ckpt.latest_step(), ckpt.directory)
+  return guards.NonFiniteError(f"{error}; {note}", step=error.step, in_a_row=error.in_a_row)
 
 
 def run(config, workdir: str, *, mesh, init: Callable[[jax.Array], PyTree], step: Callable,
@@ -120,8 +157,18 @@ def run(config, workdir: str, *, mesh, init: Callable[[jax.Array], PyTree], step
     {"step", "stopped_by": signal name or None, **last evaluation, **reported metrics}.
   Raises:
     guards.NonFiniteError: `train.max_skips_in_a_row` consecutive non-finite steps.
+    guards.WorkdirLockedError: another process trains or evaluates in `workdir`.
     checkpoint.CheckpointMismatchError: the workdir's checkpoint does not fit this config.
+    checkpoint.CheckpointCorruptError: no checkpoint step of `workdir` reads back.
   """
+  with guards.workdir_lock(workdir):
+    return _run(config, workdir, mesh=mesh, init=init, step=step, batches=batches,
+                constants=constants, evaluate=evaluate, throughput=throughput, report=report,
+                stop_after=stop_after)
+
+
+def _run(config, workdir, *, mesh, init, step, batches, constants, evaluate, throughput, report,
+         stop_after):
   ckpt, state, start, shardings = start_or_resume(config, workdir, init, mesh, batches)
   train_step = jit_step(step, mesh, shardings, len(constants))
   total = config.train.steps
@@ -137,10 +184,18 @@ def run(config, workdir: str, *, mesh, init: Callable[[jax.Array], PyTree], step
       writer.print(f"training: {resumed}; running to step {end} of {total}")
       pending, t_log, step_log = None, time.time(), start
       while step_no < end:
+        if step_no == start:
+          writer.print("compiling the train step ...")
         state, step_metrics = train_step(state, sharding.global_batch(next(batches), mesh),
                                          *constants)
         step_no += 1
-        writer.advance()
+        if step_no == start + 1:  # compile (or a cache load) as its own phase, off the bar
+          jax.block_until_ready(step_metrics)
+          writer.print(f"compiled the train step and ran step {step_no} in "
+                       f"{time.time() - t_log:.1f} s")
+          writer.start_progress(step_no)
+        else:
+          writer.advance()
         if pending is not None:  # read one step late: the device runs ahead meanwhile
           monitor.update(pending[0], *jax.device_get(pending[1]))
         pending = (step_no, (step_metrics["skipped_total"], step_metrics["skipped_in_a_row"]))
@@ -151,6 +206,8 @@ def run(config, workdir: str, *, mesh, init: Callable[[jax.Array], PyTree], step
           writer.write(step_no, values)
           result.update({k: float(values[k]) for k in report})
           t_log, step_log = now, step_no
+        elif step_no == start + 1:  # later throughputs leave the compile time out
+          t_log, step_log = time.time(), step_no
         if eval_every > 0 and (step_no % eval_every == 0 or step_no == total):
           evaluation = evaluate(state, step_no, writer)
           writer.write(step_no, evaluation, split="eval")
@@ -163,6 +220,8 @@ def run(config, workdir: str, *, mesh, init: Callable[[jax.Array], PyTree], step
           break
       if pending is not None:
         monitor.update(pending[0], *jax.device_get(pending[1]))
+  except guards.NonFiniteError as e:
+    raise _non_finite(e, ckpt) from None
   finally:
     ckpt.close()
     writer.close()

@@ -58,7 +58,9 @@ def read_jsonl(path: str) -> list[dict]:
 class MetricWriter:
   """Console progress bar + `metrics.jsonl` + TensorBoard events under `workdir`.
 
-  Only the writing process (process 0) should pass enabled=True; the others get a no-op.
+  Only the writing process (process 0) should pass enabled=True; the others get a no-op. The
+  bar appears at `start_progress` (after the first, compiling, step: its clock and ETA then
+  measure training alone) or at the first `advance`.
   """
 
   PROGRESS_KEYS = ("loss", "psnr", "usage")
@@ -71,6 +73,8 @@ class MetricWriter:
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.events = None
     self.bar = None
+    self.total_steps, self.step = total_steps, initial_step
+    self.progress = progress and enabled
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -78,9 +82,6 @@ class MetricWriter:
       truncate_jsonl(self.jsonl_path, initial_step)
     if tensorboard:
       self.events = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    if progress:
-      self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True,
-                      file=sys.stderr, desc="train", smoothing=0.1)
 
   def write(self, step: int, values: dict, *, split: str = "train") -> None:
     """One JSONL line, TensorBoard scalars "<split>/<name>", and the progress bar's summary."""
@@ -116,7 +117,17 @@ class MetricWriter:
     Image.fromarray(grid).save(os.path.join(self.workdir, "recon", f"step_{step:07d}.png"))
     self.image(step, "eval/reconstructions", grid)
 
+  def start_progress(self, step: int) -> None:
+    """Shows the progress bar at `step`, its clock starting now."""
+    self.step = step
+    if self.progress and self.bar is None:
+      self.bar = tqdm(total=self.total_steps, initial=step, dynamic_ncols=True,
+                      file=sys.stderr, desc="train", smoothing=0.1)
+
   def advance(self, steps: int = 1) -> None:
+    if self.bar is None:
+      self.start_progress(self.step)
+    self.step += steps
     if self.bar is not None:
       self.bar.update(steps)
 

@@ -9,6 +9,7 @@ every config field.
 """
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -18,11 +19,12 @@ import numpy as np
 import optax
 
 from jaxtok import build, losses
+from jaxtok import config as config_lib
 from jaxtok.data import images as image_lib
 from jaxtok.data import pipeline, samples, sources
 from jaxtok.eval import metrics as eval_metrics
 from jaxtok.models.tokenizers.tokenizer import Tokenizer
-from jaxtok.train import guards, loop, optim, sharding
+from jaxtok.train import checkpoint, guards, loop, optim, sharding
 from jaxtok.train import metrics as metric_io
 from jaxtok.train.state import TokenizerState, wrap_key, zero
 
@@ -338,19 +340,50 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
       throughput=("images_per_sec", config.train.batch_size), stop_after=stop_after)
 
 
-def evaluate(config, workdir: str, *, step: int | None = None) -> dict[str, float]:
-  """Evaluates the checkpoint at `step` (default: the newest) of `workdir` on the held-out
-  split; appends the result to metrics.jsonl and returns it."""
-  mesh = loop.make_mesh(config, ("eval.batch_size",))
-  parts = build_parts(config)
-  state, step = loop.restore_latest(
-      config, workdir, lambda k: init_state(parts, config.data.image_size, k), mesh, step=step)
-  writer = metric_io.MetricWriter(workdir, total_steps=config.train.steps, initial_step=step,
-                                  enabled=jax.process_index() == 0, progress=False,
-                                  truncate=False)
+def evaluate(config, workdir: str, *, step: int | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, float]:
+  """Evaluates the checkpoint at `step` (default: the newest intact one) of `workdir` on the
+  held-out split; appends the result to metrics.jsonl (holding the workdir's lock) and returns it.
+
+  The run's own config, saved with the checkpoint, is used unless `config` is given; a given
+  config, or `overrides` ("a.b=value") of the saved one, are logged where they differ from it.
+  """
+  sharding.maybe_initialize_distributed()  # before the checkpointer touches a device
+  ckpt = loop.reader(workdir)
+
+  def restore(s: int):
+    run_config = config
+    if run_config is None:
+      saved = ckpt.saved_config(s)
+      if saved is None:
+        raise ValueError(f"checkpoint step {s} in {ckpt.directory} holds no config: pass the "
+                         f"run's --config")
+      run_config = checkpoint.config_from_json(saved)
+      for item in overrides:
+        config_lib.apply_override(run_config, item)
+    if run_config.get("trainer") != "tokenizer":
+      raise ValueError(f"evaluation on held-out images is for tokenizers (trainer='tokenizer'); "
+                       f"got trainer={run_config.get('trainer')!r}: sample a generator with "
+                       f"`jaxtok sample` instead")
+    loop.warn_config_differences(ckpt, s, run_config, "evaluating")
+    mesh = loop.make_mesh(run_config, ("eval.batch_size",))
+    parts = build_parts(run_config)
+    init = lambda k: init_state(parts, run_config.data.image_size, k)
+    _, _, abstract = loop.layout(init, run_config.seed, mesh)
+    return run_config, mesh, parts, ckpt.restore(s, abstract, config=run_config)
+
   try:
-    result = make_evaluate(config, parts, mesh, _load_lpips(config, mesh))(state, step, writer)
-    writer.write(step, result, split="eval")
+    with guards.workdir_lock(workdir, create=False):
+      (run_config, mesh, parts, state), step = ckpt.restore_newest(restore, step=step)
+      writer = metric_io.MetricWriter(workdir, total_steps=run_config.train.steps,
+                                      initial_step=step, enabled=jax.process_index() == 0,
+                                      progress=False, truncate=False)
+      try:
+        result = make_evaluate(run_config, parts, mesh, _load_lpips(run_config, mesh))(
+            state, step, writer)
+        writer.write(step, result, split="eval")
+      finally:
+        writer.close()
   finally:
-    writer.close()
+    ckpt.close()
   return result

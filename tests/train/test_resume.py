@@ -1,9 +1,11 @@
 """Exact resume across processes: a run split by a restart, a SIGTERM / SIGINT, or kill -9
-during asynchronous saves ends bit for bit where the uninterrupted run ends; a checkpoint of
-another config is refused with the paths and shapes that differ."""
+during asynchronous saves ends bit for bit where the uninterrupted run ends, and so does one
+resumed past a damaged checkpoint; a checkpoint of another config is refused with the paths and
+shapes that differ; a second run on a workdir in use is refused at once."""
 
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -148,3 +150,40 @@ def test_restoring_with_another_config_names_the_mismatched_arrays(reference_run
   assert "quantizer.codebook_size: 32 -> 64" in message and "model.config.ch: 32 -> 64" in message
   # The failed attempt changed nothing: the reference run still restores.
   assert _committed(reference)[-1] == 6
+
+
+def test_a_second_run_on_the_same_workdir_fails_fast_naming_the_first(tmp_path):
+  first = start_tiny(tmp_path, NO_EVAL)
+  lines = _wait_for_line(first, "training: started")
+  drain = threading.Thread(target=lambda: lines.extend(first.stderr), daemon=True)
+  drain.start()
+  second = start_tiny(tmp_path, NO_EVAL)
+  result, err = finish(second)
+  assert second.returncode != 0 and result is None
+  assert re.search(rf"WorkdirLockedError: workdir {tmp_path} is in use by pid {first.pid} on "
+                   rf"\S+ since \S+ \(run_tiny.py ", err), err[-2000:]
+  assert "training: started" not in err and "compiling" not in err
+  first.wait(timeout=240)
+  drain.join(timeout=10)
+  assert first.returncode == 0, "".join(lines)[-3000:]
+  out = "".join(lines)
+  assert "compiling the train step ..." in out and "compiled the train step and ran step 1" in out
+  assert [r["step"] for r in _train_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
+  assert (tmp_path / ".lock").read_text() == ""  # released
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(reference_run, tmp_path):
+  reference, _ = reference_run
+  workdir = shutil.copytree(reference, tmp_path / "run")
+  state = workdir / "checkpoints" / "6" / "state"
+  largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  with open(largest, "r+b") as f:
+    f.truncate(100)
+  # log_every changes no array: the state still ends bit for bit as the reference's.
+  result, err = run_tiny(workdir, {**REFERENCE, "train.log_every": 2})
+  assert re.search(r"checkpoint step 6 in \S+ cannot be read; using step 4 instead "
+                   r"\(checkpoint step 6 .* cannot be read: .*\)", err), err[-3000:]
+  assert "resumed from step 4" in err and result["step"] == 6
+  assert "train.log_every: 1 -> 2" in err  # the config change is named, with both values
+  assert os.listdir(workdir / "corrupt_checkpoints") == ["6"]
+  assert_same_final_state(workdir, reference)

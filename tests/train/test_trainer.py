@@ -3,6 +3,7 @@ held-out evaluation with LPIPS, model building from configs, the abort after K s
 the step's shapes for other config variants (bf16, LPIPS, StyleGAN, ViT + FSQ)."""
 
 import os
+import re
 import shutil
 
 import flax.linen as nn
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxtok import build
+from jaxtok import build, cli
 from jaxtok.configs.demo import tokenizer as demo_config
 from jaxtok.train import guards, loop, sharding, state, tokenizer_trainer
 from jaxtok.train.metrics import read_jsonl
@@ -57,6 +58,31 @@ def test_evaluate_reports_psnr_ssim_lpips_and_usage(reference_run, tmp_path):
   assert last["split"] == "eval" and last["lpips"] == pytest.approx(metrics["lpips"])
 
 
+def test_cli_eval_uses_the_runs_saved_config_unless_given_one(reference_run, tmp_path, capsys,
+                                                              caplog, monkeypatch):
+  reference, result = reference_run
+  workdir = shutil.copytree(reference, tmp_path / "run")
+  monkeypatch.setattr(cli, "use_compile_cache", lambda: None)
+  assert cli.main(["eval", "--workdir", str(workdir)]) == 0  # no --config: the run's own
+  assert "differs" not in caplog.text
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert rows[-1]["step"] == 6 and rows[-1]["psnr"] == pytest.approx(result["psnr"], rel=1e-5)
+  assert cli.main(["eval", "--workdir", str(workdir), "--config", "configs/demo/tokenizer.py:tiny",
+                   "--config.data.num_eval=4"]) == 0  # another held-out set, said so
+  assert re.search(r"evaluating step 6 of \S+ with a config that differs from the one saved "
+                   r"with it \(saved -> now\): data.num_eval: 8 -> 4$", caplog.text, re.M)
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert rows[-1]["psnr"] != pytest.approx(result["psnr"], rel=1e-5)
+  assert "psnr" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_workdir_in_use(reference_run, tmp_path):
+  workdir = shutil.copytree(reference_run[0], tmp_path / "run")
+  with guards.WorkdirLock(str(workdir)):  # e.g. the run, still training
+    with pytest.raises(guards.WorkdirLockedError, match=f"in use by pid {os.getpid()} "):
+      tokenizer_trainer.evaluate(None, str(workdir))
+
+
 def test_evaluate_without_checkpoint_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint under .*: train first"):
     tokenizer_trainer.evaluate(demo_config.get_config("tiny"), str(tmp_path))
@@ -90,8 +116,11 @@ def test_presets_by_name_with_overrides():
   assert tokenizer.token_shape((256, 256)) == (16, 16)
 
 
-def test_train_aborts_after_k_non_finite_steps_in_a_row(tmp_path, monkeypatch, caplog):
-  """The loop's wiring: a step function that only ever skips ends the run at step K."""
+@pytest.mark.parametrize("checkpoint_every", [2, 100])
+def test_train_aborts_after_k_non_finite_steps_in_a_row(checkpoint_every, tmp_path, monkeypatch,
+                                                        caplog):
+  """The loop's wiring: a step function that only ever skips ends the run at step K, with a
+  message saying what the checkpoints hold."""
 
   def always_skipping(step_fn, mesh, shardings, num_constants):
     del step_fn, mesh, shardings, num_constants
@@ -108,13 +137,20 @@ def test_train_aborts_after_k_non_finite_steps_in_a_row(tmp_path, monkeypatch, c
   config = demo_config.get_config("tiny")
   config.train.max_skips_in_a_row = 3
   config.eval.every_steps = 0
-  with pytest.raises(guards.NonFiniteError, match="stopped at step 3: 3 consecutive"):
+  config.checkpoint.every_steps = checkpoint_every
+  with pytest.raises(guards.NonFiniteError, match="stopped at step 3: 3 consecutive") as error:
     tokenizer_trainer.train(config, str(tmp_path))
   rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
   assert rows[0]["loss"] is None and rows[0]["skipped"] == 1
   assert "step 1: non-finite loss or gradient, update skipped" in caplog.text
-  # Step 2's checkpoint holds the last finite state (skipped steps keep it); none after.
-  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  if checkpoint_every == 2:  # step 2's checkpoint: skipped steps kept the initial state
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]
+    assert (f"the newest checkpoint is step 2 in {tmp_path / 'checkpoints'}; it holds the "
+            f"initial parameters") in str(error.value)
+  else:
+    assert os.listdir(tmp_path / "checkpoints") == []
+    assert "no checkpoint was written before the abort" in str(error.value)
+  assert "Lower the learning rate" in str(error.value)
 
 
 @pytest.mark.parametrize("variant", ["bf16_lpips", "no_gan", "stylegan_non_saturating",
