@@ -74,25 +74,48 @@ def _tokenizer(path: str):
 def _reconstruct(args):
   import jax
 
+  from jaxtok.data import pipeline, transforms
   from jaxtok.eval import reconstruct
 
+  requested = None if args.resolution is None else transforms.parse_resolution(args.resolution)
   tok = _tokenizer(args.model)
-  result = reconstruct.reconstruct(jax.jit(tok.reconstruct), args.images, args.out,
-                                   image_size=tok.image_size, batch_size=args.batch_size)
-  print(f"{len(result['images'])} images: PSNR {result['mean_psnr']:.2f} dB, "
-        f"SSIM {result['mean_ssim']:.4f}; wrote {args.out}")
+  factor = tok.model.downsample_factor
+  resolution = reconstruct.resolve_resolution(requested, tok.model, tok.image_size)
+  described = transforms.describe_resolution(resolution, factor=factor,
+                                             train_size=tok.image_size)
+  if requested is None and resolution == "train":
+    described += " (this tokenizer takes only its training size)"
+  print(f"resolution: {described}")
+  result = reconstruct.reconstruct(
+      jax.jit(tok.reconstruct), args.images, args.out, image_size=tok.image_size,
+      factor=factor, resolution=resolution, batch_size=args.batch_size,
+      max_skipped=args.max_skipped, progress=True)
+  ssim = "n/a (images under 11 pixels)" if result["mean_ssim"] is None else (
+      f"{result['mean_ssim']:.4f}")
+  print(pipeline.describe_skipped(result["skipped"], result["ignored"]))
+  print(f"{result['num_images']} images: PSNR {result['mean_psnr']:.2f} dB, SSIM {ssim}; "
+        f"wrote the pictures (original | reconstruction) and {reconstruct.METRICS} to "
+        f"{args.out}")
 
 
 def _tokenize(args):
   import jax
 
-  from jaxtok.data import tokens
+  from jaxtok.data import pipeline, tokens, transforms
+  from jaxtok.eval import reconstruct
 
+  resolution = tokens.parse_resolution(args.resolution)  # refuses "native" before loading
   tok = _tokenizer(args.model)
+  resolution = reconstruct.resolve_resolution(resolution, tok.model, tok.image_size)
+  described = transforms.describe_resolution(resolution, factor=tok.model.downsample_factor,
+                                             train_size=tok.image_size)
+  print(f"resolution: {described}")
   meta = tokens.tokenize_folder(
       jax.jit(tok.encode), args.images, args.out, image_size=tok.image_size,
       codebook_size=tok.model.quantizer.codebook_size, tokenizer_config=tok.config.to_dict(),
-      num_shards=args.shards, batch_size=args.batch_size, max_skipped=args.max_skipped)
+      resolution=resolution, num_shards=args.shards, batch_size=args.batch_size,
+      max_skipped=args.max_skipped, progress=True)
+  print(pipeline.describe_skipped(meta["skipped"], meta["ignored"]))
   print(f"{meta['num_records']} images -> tokens {meta['token_shape']} in "
         f"{len(meta['shards'])} shard(s) under {args.out} ({len(meta['skipped'])} skipped)")
 
@@ -158,6 +181,30 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                  help="MaskGIT: Gumbel noise on the re-masking confidence (4.5)")
 
 
+def _add_images_arguments(p: argparse.ArgumentParser, name: str) -> None:
+  """The options of `reconstruct` and `tokenize`."""
+  p.add_argument("--model", required=True, help="a directory made by `jaxtok export`")
+  p.add_argument("--images", required=True, help="an image folder (or, to reconstruct, a file)")
+  p.add_argument("--out", required=True)
+  p.add_argument("--batch-size", type=int, default=16,
+                 help="images per call (at a fixed resolution; native runs one at a time)")
+  if name == "tokenize":
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--resolution", default="train",
+                   help="'train' (default: the tokenizer's training crop size) or N (shorter "
+                   "side resized to N, central NxN crop); not 'native': the shards hold one "
+                   "token grid")
+  else:
+    p.add_argument("--resolution", default=None,
+                   help="'native' (default: each image's own size, H and W center-cropped to "
+                   "multiples of the downsampling factor; 'train' for tokenizers that take "
+                   "only their training size), 'train' (the training crop size) or N "
+                   "(shorter side resized to N, central NxN crop)")
+  p.add_argument("--max-skipped", type=_budget, default=0.01 if name == "tokenize" else 0.5,
+                 help="unreadable files allowed before the command fails: a count (3) or a "
+                 "fraction (0.01); default %(default)s")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jaxtok", allow_abbrev=False,
@@ -189,15 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
   for name, func, help_text in (
       ("reconstruct", _reconstruct, "images in -> reconstructions and PSNR/SSIM out"),
       ("tokenize", _tokenize, "images in -> ArrayRecord token shards with metadata")):
-    p = command(name, func, help_text)
-    p.add_argument("--model", required=True, help="a directory made by `jaxtok export`")
-    p.add_argument("--images", required=True, help="an image folder (or, to reconstruct, a file)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=16)
-    if name == "tokenize":
-      p.add_argument("--shards", type=int, default=1)
-      p.add_argument("--max-skipped", type=_budget, default=0.01,
-                     help="unreadable files allowed: a count (3) or a fraction (0.01)")
+    _add_images_arguments(command(name, func, help_text), name)
 
   _add_sample_arguments(command("sample", _sample, "draw token grids from a generator, decode "
                                 "them to a PNG grid"))

@@ -94,7 +94,7 @@ def test_train_eval_export_reconstruct_tokenize(tmp_path, capsys):
                    "--out", str(out)]) == 0
   metrics = json.loads((out / "metrics.json").read_text())
   assert set(metrics["images"]) == {"0.png"} and np.isfinite(metrics["mean_psnr"])
-  assert Image.open(out / "0.png").size == (32, 16)  # original | reconstruction at 16x16
+  assert Image.open(out / "0.png.png").size == (48, 20)  # original | reconstruction, native
 
   tokens = tmp_path / "tokens"
   assert cli.main(["tokenize", "--model", str(export), "--images", str(images), "--out",
@@ -109,3 +109,123 @@ def test_train_eval_export_reconstruct_tokenize(tmp_path, capsys):
   np.testing.assert_array_equal(source[1], np.asarray(want[0]))  # keys sorted: 0, 1, 2, sub/grey
   assert all((0 <= source[i]).all() and (source[i] < source.codebook_size).all()
              for i in range(len(source)))
+
+
+@pytest.fixture(scope="module")
+def export_f4(tmp_path_factory):
+  """An untrained tiny VQGAN with downsampling factor 4 (trained on 16x16), as exported."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from jaxtok import build, inference
+  from jaxtok.configs.demo import tokenizer as tokenizer_config
+  from jaxtok.train import checkpoint
+  from jaxtok.train import state as state_lib
+
+  config = tokenizer_config.get_config("tiny")
+  config.model.config.ch_mult = (1, 2, 2)
+  model = build.model(config)
+  variables = jax.jit(lambda k: nn.meta.unbox(model.init(
+      {"params": k, "quantizer": k}, jnp.zeros((1, 16, 16, 3)))))(state_lib.make_key(0))
+  out = tmp_path_factory.mktemp("export_f4")
+  return inference.save(str(out), checkpoint.config_to_json(config), dict(variables))
+
+
+def _noise(path, hw, seed=0, fmt=None):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = np.random.default_rng(seed).integers(0, 256, (*hw, 3), np.uint8)
+  Image.fromarray(image).save(path, fmt)
+  return image
+
+
+def test_reconstruct_runs_at_native_resolution_by_default(export_f4, tmp_path, capsys):
+  import jax
+
+  from jaxtok.data import images as image_lib
+  from jaxtok.eval import metrics
+
+  images, out = tmp_path / "images", tmp_path / "out"
+  crops = {"a.png": _noise(images / "a.png", (37, 50))[0:36, 1:49],  # centered, x4
+           "b.png": _noise(images / "b.png", (24, 21), seed=1)[:, 0:20]}
+  assert cli.main(["reconstruct", "--model", export_f4, "--images", str(images), "--out",
+                   str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "resolution: native (each image's own size, H and W center-cropped to multiples " \
+         "of 4)" in printed and printed.count("compiling") == 1
+  result = json.loads((out / "metrics.json").read_text())
+  for key, crop in crops.items():
+    assert result["images"][key]["size"] == list(crop.shape[:2])
+    assert Image.open(out / f"{key}.png").size == (2 * crop.shape[1], crop.shape[0])
+  x = crops["a.png"][None]  # PSNR measured at 36x48, not at the 16x16 training size
+  recon = jax.jit(jaxtok.load(export_f4).reconstruct)(x)  # jit: eager would take 9 s
+  want = metrics.psnr(np.asarray(recon), image_lib.to_float(x))[0]
+  assert result["images"]["a.png"]["psnr"] == pytest.approx(float(want), rel=1e-4)
+
+
+def test_reconstruct_skips_bad_files_and_reads_gif_bmp_tiff(export_f4, tmp_path, capsys):
+  images, out = tmp_path / "images", tmp_path / "out"
+  for i, fmt in enumerate(("gif", "bmp", "tif")):
+    _noise(images / f"{i}.{fmt}", (16, 16), seed=i)
+  photo = images / "photo.jpg"
+  _noise(photo, (64, 64), fmt="JPEG")
+  photo.write_bytes(photo.read_bytes()[:600])  # truncated
+  (images / "empty.png").write_bytes(b"")
+  argv = ["reconstruct", "--model", export_f4, "--images", str(images), "--out", str(out),
+          "--resolution", "train"]
+  assert cli.main(argv) == 0
+  printed = capsys.readouterr().out
+  assert "resolution: 16x16 (train: the training crop" in printed
+  assert "skipped 2 files:\n  empty.png: ValueError: empty file (0 bytes)\n  photo.jpg: " \
+         in printed
+  result = json.loads((out / "metrics.json").read_text())
+  assert sorted(result["images"]) == ["0.gif", "1.bmp", "2.tif"]
+  assert sorted(result["skipped"]) == ["empty.png", "photo.jpg"]
+  assert cli.main(argv[:-2] + ["--max-skipped", "1"]) == 2
+  err = capsys.readouterr().err
+  assert "max_skipped=1 allows (1)" in err and "empty.png" in err and "Traceback" not in err
+  assert "error" in json.loads((out / "metrics.json").read_text())
+
+
+def test_tokenize_past_budget_is_one_line_error(export_f4, tmp_path, capsys):
+  images = tmp_path / "images"
+  (images / "sub").mkdir(parents=True)
+  (images / "a_empty.jpg").write_bytes(b"")
+  (images / "b_text.png").write_bytes(b"plain text")
+  (images / "sub" / "c.bmp").write_bytes(b"BM")
+  _noise(images / "d.png", (20, 20))
+  assert cli.main(["tokenize", "--model", export_f4, "--images", str(images), "--out",
+                   str(tmp_path / "tokens"), "--max-skipped", "2"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "Traceback" not in err
+  assert "more than max_skipped=2 allows (2)" in err and "a_empty.jpg: ValueError" in err
+  assert not os.path.exists(tmp_path / "tokens" / "metadata.json")
+
+
+def test_tokenize_resolution_is_train_or_fixed_never_native(export_f4, tmp_path, capsys):
+  _noise(tmp_path / "images" / "a.png", (37, 50))
+  base = ["tokenize", "--model", export_f4, "--images", str(tmp_path / "images")]
+  assert cli.main(base + ["--out", str(tmp_path / "t32"), "--resolution", "32"]) == 0
+  assert "resolution: 32x32 (shorter side resized to 32" in capsys.readouterr().out
+  assert TokenSource(str(tmp_path / "t32")).token_shape == (8, 8)
+  for resolution, message in (("native", "'native' cannot make token shards: every record"),
+                              ("30", "resolution 30 does not suit this VQGAN"),
+                              ("big", "resolution must be 'native', 'train' or a side N")):
+    assert cli.main(base + ["--out", str(tmp_path / "o"), "--resolution", resolution]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reconstruct_and_tokenize_name_bad_outputs_and_empty_folders(export_f4, tmp_path,
+                                                                      capsys):
+  _noise(tmp_path / "a.png", (16, 16))
+  (tmp_path / "empty").mkdir()
+  for command in ("reconstruct", "tokenize"):
+    for images, out, message in (
+        (tmp_path, tmp_path / "a.png", "is an existing file"),
+        (tmp_path / "empty", tmp_path / "o", "no image files under folder"),
+        (tmp_path / "missing", tmp_path / "o", "missing")):
+      assert cli.main([command, "--model", export_f4, "--images", str(images), "--out",
+                       str(out)]) == 2
+      err = capsys.readouterr().err
+      assert message in err and len(err.strip().splitlines()) == 1

@@ -10,22 +10,33 @@ not in a pre-validation pass or a worker-side filter, because every record keeps
 and one process counts the budget exactly. `max_skipped`: an int of distinct bad records or a
 fraction in [0, 1) of the source; past it, or when every record is bad, the iterator raises
 `BadDataError`. `it.get_state()` / `it.set_state()` resume the stream bit for bit.
+
+The offline commands (`jaxtok reconstruct`, `jaxtok tokenize`) read without Grain, in one
+ordered pass (`read_files`, `batch_by_shape`, `run_batches`), under the same budget and error.
 """
 
 import functools
 import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grain
 import numpy as np
+import tqdm
 
 from jaxtok.data import transforms
 
 log = logging.getLogger(__name__)
 
 
-class BadDataError(RuntimeError):
-  """More distinct records could not be read or decoded than the error budget allows."""
+class BadDataError(ValueError):
+  """More distinct records could not be read or decoded than the error budget allows.
+
+  A ValueError: the data, a user's input, is wrong, and the CLI reports it in one line.
+  """
 
 
 class SkipLog:
@@ -50,6 +61,21 @@ def resolve_budget(max_skipped: int | float, total: int) -> int:
   if max_skipped < 0:
     raise ValueError(f"max_skipped as a count must be >= 0; got {max_skipped}")
   return max_skipped
+
+
+def budget_message(skipped: dict[str, str], *, total: int, name: str,
+                   max_skipped: int | float, budget: int, unit: str = "records") -> str:
+  """The BadDataError message: the count against the budget, then the first skipped keys."""
+  count = len(skipped)
+  listed = "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:5])
+  more = " ..." if count > 5 else ""
+  if count >= total:
+    head = f"none of the {total} {unit} of {name} could be read as an image"
+  else:
+    head = (f"{count} distinct {unit} of {name} ({total} {unit}) could not be read as "
+            f"images, more than max_skipped={max_skipped!r} allows ({budget}); fix or remove "
+            f"them, or raise max_skipped")
+  return f"{head}. Skipped: {listed}{more}"
 
 
 def _load_image(record: dict) -> np.ndarray | dict:
@@ -108,15 +134,8 @@ class _SkipBadRecords:
     return False
 
   def _message(self, count: int) -> str:
-    listed = "; ".join(f"{k}: {r}" for k, r in list(self.skip_log.skipped.items())[:5])
-    more = " ..." if count > 5 else ""
-    if count >= self.total:
-      head = f"none of the {self.total} records of {self.name} could be read as an image"
-    else:
-      head = (f"{count} distinct records of {self.name} ({self.total} records) could not be "
-              f"read as images, more than max_skipped={self.max_skipped!r} allows "
-              f"({self.budget}); fix or remove them, or raise max_skipped")
-    return f"{head}. Skipped: {listed}{more}"
+    return budget_message(self.skip_log.skipped, total=self.total, name=self.name,
+                          max_skipped=self.max_skipped, budget=self.budget)
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -195,3 +214,127 @@ def make_pipeline(source: Any, *, image_size: int, batch_size: int, seed: int, t
                                                      per_worker_buffer_size=batch_size))
   it = it.filter(skip_filter)
   return it.batch(batch_size, drop_remainder=drop_remainder)
+
+
+
+def output_dir(out: str) -> str:
+  """Creates the folder `out` (with its parents) if needed; a ValueError names it when it is a
+  file or cannot be created."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"out must be a folder; {out!r} is an existing file")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create the output folder {out!r}: {e.strerror or e}") from None
+  return out
+
+
+def read_files(folder: str, keys: Sequence[str], prepare: Callable[[np.ndarray], np.ndarray],
+               *, max_skipped: int | float,
+               skipped: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
+  """(key, prepare(decoded uint8 [H, W, 3])) of each file of `keys` (relative to `folder`).
+
+  One pass, in order. A file that cannot be read, decoded or prepared goes to `skipped[key]`
+  with its reason; past the `max_skipped` budget (see `resolve_budget`) or when every file is
+  bad, the iterator raises BadDataError.
+  """
+  budget = resolve_budget(max_skipped, len(keys))
+
+  def read():
+    for key in keys:
+      try:
+        with open(os.path.join(folder, key), "rb") as f:
+          image = prepare(transforms.decode_image(f.read()))
+      except Exception as e:  # pylint: disable=broad-except  # any failure = a bad file
+        skipped[key] = f"{type(e).__name__}: {e}"
+        log.info("skipped bad image %s: %s", key, skipped[key])
+        if len(skipped) > budget or len(skipped) == len(keys):
+          raise BadDataError(budget_message(skipped, total=len(keys), name=repr(folder),
+                                            max_skipped=max_skipped, budget=budget,
+                                            unit="files")) from None
+        continue
+      yield key, image
+
+  return read()
+
+
+def batch_by_shape(items: Iterable[tuple[str, np.ndarray]], batch_size: int, *,
+                   flush_on_error: bool = False) -> Iterator[tuple[list[str], np.ndarray]]:
+  """(keys, uint8 [b, H, W, 3]): up to batch_size consecutive items of one image shape.
+
+  flush_on_error: when `items` raises, the images read before still come out, then the error.
+  """
+  keys, images = [], []
+  try:
+    for key, image in items:
+      if images and image.shape != images[0].shape:
+        yield keys, np.stack(images)
+        keys, images = [], []
+      keys.append(key)
+      images.append(image)
+      if len(images) == batch_size:
+        yield keys, np.stack(images)
+        keys, images = [], []
+  except Exception:
+    if images and flush_on_error:
+      yield keys, np.stack(images)
+    raise
+  if images:
+    yield keys, np.stack(images)
+
+
+def run_batches(fn: Callable[[np.ndarray], Any],
+                batches: Iterable[tuple[list[str], np.ndarray]], *, total: int,
+                skipped: dict[str, str], desc: str, progress: bool = False,
+                pad_to: int | None = None) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+  """(keys, images, np.asarray(fn(images))) for each batch.
+
+  pad_to: a smaller batch is padded with copies of its last image to this size (and its
+  outputs cut back), so that a run at one image size compiles `fn` once.
+  progress: prints "compiling" before the first call, which compiles `fn`, and only then
+  starts a tqdm bar (stderr) over the `total` files, skipped ones included, so that its rate
+  and ETA measure the steady state.
+  """
+  bar, done = None, 0
+  try:
+    for keys, images in batches:
+      n = len(images)
+      if progress and bar is None:
+        print(f"{desc}: compiling for {images.shape[1]}x{images.shape[2]} images (the first "
+              f"batch) ...", end=" ", flush=True)
+        start = time.perf_counter()
+      padded = images
+      if pad_to is not None and n < pad_to:
+        padded = np.concatenate([images, np.repeat(images[-1:], pad_to - n, axis=0)])
+      outputs = np.asarray(fn(padded))[:n]
+      done += n
+      if progress and bar is None:
+        print(f"{time.perf_counter() - start:.1f} s", flush=True)
+        bar = tqdm.tqdm(total=total, initial=done + len(skipped), desc=desc, unit="img",
+                        file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+      elif bar is not None:
+        bar.update(done + len(skipped) - bar.n)
+        bar.set_postfix(skipped=len(skipped), refresh=False)
+      yield keys, images, outputs
+    if bar is not None:  # files skipped after the last batch
+      bar.update(done + len(skipped) - bar.n)
+  finally:
+    if bar is not None:
+      bar.close()
+
+
+def describe_skipped(skipped: dict[str, str], ignored: dict[str, int] | None = None,
+                     limit: int = 10) -> str:
+  """"skipped N files:" with one indented "key: reason" line per file (the first `limit`),
+  then, if any, the files left out for their extension (`sources.other_files`)."""
+  lines = [f"skipped {len(skipped)} file{'' if len(skipped) == 1 else 's'}"
+           + (":" if skipped else "")]
+  lines += [f"  {key}: {reason}" for key, reason in list(skipped.items())[:limit]]
+  if len(skipped) > limit:
+    lines.append(f"  ... and {len(skipped) - limit} more")
+  if ignored:
+    listed = ", ".join(f"{ext} ({n})" for ext, n in ignored.items())
+    count = sum(ignored.values())
+    lines.append(f"ignored {count} file{'' if count == 1 else 's'} whose extension is not an "
+                 f"image format read here: {listed}")
+  return "\n".join(lines)

@@ -70,14 +70,26 @@ def list_images(folder: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS,
   return [k for k in found if in_eval_split(k, eval_fraction) == (split == "eval")]
 
 
+def other_files(folder: str, *, extensions: Sequence[str] | None = IMAGE_EXTENSIONS,
+                exclude: str | None = None) -> dict[str, int]:
+  """{extension (lower case, or the name if it has none): count} of the files under `folder`
+  that `list_images` leaves out (all files if extensions is None), most common first; the
+  folder `exclude` (say, an output folder inside `folder`) is not searched."""
+  suffixes = tuple(e.lower() for e in extensions or ())
+  skip = os.path.abspath(exclude) if exclude is not None else None
+  found = collections.Counter()
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if os.path.abspath(os.path.join(root, d)) != skip)
+    found.update(os.path.splitext(name)[1].lower() or name for name in files
+                 if not (suffixes and name.lower().endswith(suffixes)))
+  return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+
+
 def no_images_message(folder: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                       what: str = "") -> str:
   """Why `folder` gave no images: the extensions searched and the files found instead."""
-  found = collections.Counter()
-  for _, _, files in os.walk(folder):
-    found.update(os.path.splitext(name)[1].lower() or name for name in files)
-  common = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:5]
-  listed = ", ".join(f"{ext} ({n})" for ext, n in common)
+  found = other_files(folder, extensions=None)
+  listed = ", ".join(f"{ext} ({n})" for ext, n in list(found.items())[:5])
   listed = f"; found {sum(found.values())} files: {listed}" if found else "; found no files"
   return (f"no image files{what} under folder {folder!r}; searched recursively for extensions "
           f"{tuple(extensions)} (case-insensitive){listed}")

@@ -2,21 +2,21 @@
 
 A token directory holds `tokens-SSSSS-of-NNNNN.array_record` shards, one record per image (its
 int32 token ids, little-endian, in the grid `token_shape`), and `metadata.json`: the token
-grid, the codebook size, the tokenizer's config, the record count and the skipped files.
+grid, the codebook size, the tokenizer's config, the record count, the skipped files and the
+count of files left out for their extension.
 `TokenSource` reads them back as a Grain random-access source of int32 arrays.
 """
 
+import functools
 import json
-import logging
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from array_record.python import array_record_module
 
-from jaxtok.data import sources, transforms
+from jaxtok.data import pipeline, sources, transforms
 
-log = logging.getLogger(__name__)
 METADATA = "metadata.json"
 
 
@@ -24,68 +24,92 @@ def shard_name(index: int, count: int) -> str:
   return f"tokens-{index:05d}-of-{count:05d}.array_record"
 
 
-def _batches(folder: str, keys: Sequence[str], image_size: int, batch_size: int, skipped: dict):
-  """(keys, uint8 [b, S, S, 3]) batches of the decodable images; bad files go to `skipped`."""
-  batch_keys, images = [], []
-  for key in keys:
-    try:
-      with open(os.path.join(folder, key), "rb") as f:
-        images.append(transforms.eval_transform(transforms.decode_image(f.read()), image_size))
-      batch_keys.append(key)
-    except Exception as e:  # pylint: disable=broad-except  # any unreadable file is skipped
-      log.warning("skipping %s: %s", key, e)
-      skipped[key] = str(e)
-    if len(images) == batch_size:
-      yield batch_keys, np.stack(images)
-      batch_keys, images = [], []
-  if images:
-    yield batch_keys, np.stack(images)
+def parse_resolution(value: str | int) -> str | int:
+  """A resolution for token shards: "train" or a side N (see `transforms.parse_resolution`).
 
-
-def tokenize_folder(encode: Callable[[np.ndarray], np.ndarray], folder: str, out: str, *,
-                    image_size: int, codebook_size: int, tokenizer_config: dict,
-                    num_shards: int = 1, batch_size: int = 32,
-                    max_skipped: int | float = 0.01) -> dict:
-  """Encodes every image of `folder` (center crop at image_size) into token shards in `out`.
-
-  `encode` maps uint8 [B, S, S, 3] to int ids [B, *token_shape]. Records go to shards in turn.
-  Returns the metadata written to out/metadata.json.
+  "native" is refused: a token directory holds one token grid, and images of different sizes
+  give different grids.
   """
-  if num_shards < 1:
-    raise ValueError(f"num_shards must be >= 1; got {num_shards}")
-  keys = sources.list_images(folder)
-  if not keys:
-    raise ValueError(f"no images under {folder!r} (searched {sources.IMAGE_EXTENSIONS})")
-  budget = max_skipped if isinstance(max_skipped, int) else int(max_skipped * len(keys))
-  os.makedirs(out, exist_ok=True)
-  writers = [array_record_module.ArrayRecordWriter(os.path.join(out, shard_name(i, num_shards)),
-                                                   "group_size:1") for i in range(num_shards)]
-  skipped, written, token_shape = {}, [], None
+  resolution = transforms.parse_resolution(value)
+  if resolution == "native":
+    raise ValueError("resolution 'native' cannot make token shards: every record of a token "
+                     "directory has one token grid, and images of different sizes give "
+                     "different grids; use 'train' (the training crop size) or a fixed side N")
+  return resolution
+
+
+def _write_shards(out: str, num_shards: int, results) -> tuple[list[str], list[int]]:
+  """Writes the token rows of `results` ((keys, images, ids) batches) to the shards in turn,
+  under temporary names that a failure removes; returns (keys written, token_shape)."""
+  paths = [os.path.join(out, shard_name(i, num_shards) + ".tmp") for i in range(num_shards)]
+  writers = [array_record_module.ArrayRecordWriter(p, "group_size:1") for p in paths]
+  written, token_shape = [], None
   try:
-    for batch_keys, images in _batches(folder, keys, image_size, batch_size, skipped):
-      if len(skipped) > budget:
-        break
-      ids = np.asarray(encode(images))
+    for batch_keys, _, ids in results:
       if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"encode must return integer token ids; got dtype {ids.dtype}")
       token_shape = list(ids.shape[1:])
       for key, row in zip(batch_keys, ids):
         writers[len(written) % num_shards].write(row.astype("<i4").tobytes())
         written.append(key)
-  finally:
-    for w in writers:
-      w.close()
-  if len(skipped) > budget:
-    raise ValueError(f"{len(skipped)} unreadable files under {folder!r}, over the budget of "
-                     f"{budget} (max_skipped={max_skipped}); first: {sorted(skipped)[:3]}")
-  if not written:
-    raise ValueError(f"no readable images under {folder!r}; skipped: {sorted(skipped)[:3]}")
-  metadata = {"token_shape": token_shape, "codebook_size": int(codebook_size),
-              "dtype": "int32", "image_size": image_size, "num_records": len(written),
-              "shards": [shard_name(i, num_shards) for i in range(num_shards)],
-              "keys": written, "skipped": skipped, "tokenizer_config": tokenizer_config}
-  with open(os.path.join(out, METADATA), "w") as f:
+  except BaseException:
+    for writer, path in zip(writers, paths):
+      writer.close()
+      os.remove(path)
+    raise
+  for writer in writers:
+    writer.close()
+  return written, token_shape
+
+
+def _publish(out: str, metadata: dict) -> None:
+  """Moves the finished shards into place, then writes metadata.json: a directory never pairs
+  new shards with an old metadata.json, and a failed run leaves an old one intact."""
+  if os.path.exists(os.path.join(out, METADATA)):
+    os.remove(os.path.join(out, METADATA))
+  for name in metadata["shards"]:
+    os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+  with open(os.path.join(out, METADATA + ".tmp"), "w") as f:
     json.dump(metadata, f, indent=2)
+  os.replace(os.path.join(out, METADATA + ".tmp"), os.path.join(out, METADATA))
+
+
+def tokenize_folder(encode: Callable[[np.ndarray], np.ndarray], folder: str, out: str, *,
+                    image_size: int, codebook_size: int, tokenizer_config: dict,
+                    resolution: str | int = "train", num_shards: int = 1, batch_size: int = 32,
+                    max_skipped: int | float = 0.01, progress: bool = False) -> dict:
+  """Encodes every image of `folder` into token shards in `out`; returns out/metadata.json.
+
+  Images are resized and center-cropped to `resolution`: "train" (image_size, the tokenizer's
+  training crop) or a side N. `encode` maps uint8 [B, S, S, 3] to int ids [B, *token_shape].
+  Records go to the shards in turn, in the sorted order of the files. Bad files are skipped
+  within `max_skipped` (see `pipeline.resolve_budget`) and listed in the metadata; past it,
+  `pipeline.BadDataError` and no new metadata. `progress`: a compile line and a progress bar.
+  """
+  resolution = parse_resolution(resolution)
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1; got {num_shards}")
+  keys = sources.list_images(folder)
+  if not keys:
+    raise ValueError(sources.no_images_message(folder))
+  side = image_size if resolution == "train" else resolution
+  pipeline.output_dir(out)
+  skipped = {}
+  images = pipeline.read_files(folder, keys, functools.partial(transforms.eval_transform,
+                                                                size=side),
+                               max_skipped=max_skipped, skipped=skipped)
+  results = pipeline.run_batches(encode, pipeline.batch_by_shape(images, batch_size),
+                                 total=len(keys), skipped=skipped, desc="tokenize",
+                                 progress=progress, pad_to=min(batch_size, len(keys)))
+  written, token_shape = _write_shards(out, num_shards, results)
+  metadata = {"token_shape": token_shape, "codebook_size": int(codebook_size),
+              "dtype": "int32", "resolution": resolution, "image_size": side,
+              "num_records": len(written),
+              "shards": [shard_name(i, num_shards) for i in range(num_shards)],
+              "keys": written, "skipped": skipped,
+              "ignored": sources.other_files(folder, exclude=out),
+              "tokenizer_config": tokenizer_config}
+  _publish(out, metadata)
   return metadata
 
 

@@ -180,3 +180,50 @@ def train_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> n
 def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
   """Shorter side to `size`, central size x size crop -> contiguous uint8."""
   return np.ascontiguousarray(center_crop(resize_shorter_side(image, size), size))
+
+
+def parse_resolution(value: str | int) -> str | int:
+  """A `--resolution` value: "native" (each image's own size), "train" (the tokenizer's
+  training crop size) or a side N >= 1 (shorter side resized to N, central N x N crop)."""
+  if value in ("native", "train"):
+    return value
+  try:
+    side = int(value)
+  except (TypeError, ValueError):
+    side = 0
+  if isinstance(value, bool) or side < 1 or str(side) != str(value).strip():
+    raise ValueError(f"resolution must be 'native', 'train' or a side N >= 1 such as 256; "
+                     f"got {value!r}")
+  return side
+
+
+def crop_to_multiple(image: np.ndarray, factor: int) -> np.ndarray:
+  """The central window of [H, W, C] whose H and W are rounded down to multiples of `factor`
+  (odd margins go below/right, as in `center_crop`)."""
+  h, w = image.shape[:2]
+  new_h, new_w = h - h % factor, w - w % factor
+  if not new_h or not new_w:
+    raise ValueError(f"image {h}x{w} is smaller than the tokenizer's downsampling factor "
+                     f"{factor}")
+  top, left = (h - new_h) // 2, (w - new_w) // 2
+  return np.ascontiguousarray(image[top:top + new_h, left:left + new_w])
+
+
+def at_resolution(image: np.ndarray, resolution: str | int, *, factor: int,
+                  train_size: int) -> np.ndarray:
+  """uint8 [H, W, 3] at a `parse_resolution` value: "native" crops H and W to multiples of
+  `factor`; "train" and N are `eval_transform` at train_size and N."""
+  if resolution == "native":
+    return crop_to_multiple(image, factor)
+  return eval_transform(image, train_size if resolution == "train" else resolution)
+
+
+def describe_resolution(resolution: str | int, *, factor: int, train_size: int) -> str:
+  """One line for the commands' output, e.g. "native (each image's own size, H and W
+  center-cropped to multiples of 8)"."""
+  if resolution == "native":
+    return (f"native (each image's own size, H and W center-cropped to multiples of "
+            f"{factor})")
+  side = train_size if resolution == "train" else resolution
+  what = "train: the training crop, " if resolution == "train" else ""
+  return f"{side}x{side} ({what}shorter side resized to {side}, then a central crop)"

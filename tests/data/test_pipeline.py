@@ -172,8 +172,9 @@ def test_past_budget_or_all_bad_raises_instead_of_hanging(tmp_path):
   for name, data in BAD.items():
     (tmp_path / "only_bad" / name).write_bytes(data)
   only_bad = sources.FolderSource(str(tmp_path / "only_bad"))
-  with deadline(60), pytest.raises(pipeline.BadDataError, match="none of the 3 records"):
+  with deadline(60), pytest.raises(pipeline.BadDataError, match="none of the 3 records") as e:
     next(iter(pipeline.make_pipeline(only_bad, seed=0, train=True, max_skipped=100, **KW)))
+  assert isinstance(e.value, ValueError)  # `jaxtok train` reports ValueErrors in one line
 
 
 def test_empty_folder_fails_fast(tmp_path):
