@@ -283,6 +283,19 @@ def batch_by_shape(items: Iterable[tuple[str, np.ndarray]], batch_size: int, *,
     yield keys, np.stack(images)
 
 
+def _call(fn: Callable[[np.ndarray], Any], images: np.ndarray) -> Any:
+  """fn(images); running out of device memory becomes a ValueError that says what to lower."""
+  try:
+    return fn(images)
+  except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError has no OOM subclass
+    if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+      raise
+    first = str(e).strip().splitlines()[0][:200]
+    raise ValueError(f"a batch of {images.shape[0]} images of {images.shape[1]}x"
+                     f"{images.shape[2]} ran out of device memory ({first}); lower the "
+                     f"resolution (--resolution N) or --batch-size") from e
+
+
 def run_batches(fn: Callable[[np.ndarray], Any],
                 batches: Iterable[tuple[list[str], np.ndarray]], *, total: int,
                 skipped: dict[str, str], desc: str, progress: bool = False,
@@ -306,7 +319,7 @@ def run_batches(fn: Callable[[np.ndarray], Any],
       padded = images
       if pad_to is not None and n < pad_to:
         padded = np.concatenate([images, np.repeat(images[-1:], pad_to - n, axis=0)])
-      outputs = np.asarray(fn(padded))[:n]
+      outputs = np.asarray(_call(fn, padded))[:n]
       done += n
       if progress and bar is None:
         print(f"{time.perf_counter() - start:.1f} s", flush=True)

@@ -150,3 +150,21 @@ def test_metadata_is_valid_json_with_the_skipped_files(tmp_path):
   tokens.tokenize_folder(encode, str(tmp_path), str(tmp_path / "out"), max_skipped=0.5, **META)
   meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
   assert sorted(meta["skipped"]) == ["empty.jpg", "truncated.png"] and meta["num_records"] == 4
+
+
+def test_out_of_device_memory_says_what_to_lower():
+  def fails_with(message):
+    def fn(images):
+      raise RuntimeError(message)
+    return fn
+
+  def run(fn, hw):
+    batches = pipeline.batch_by_shape([("a", np.zeros((*hw, 3), np.uint8))], 1)
+    return list(pipeline.run_batches(fn, batches, total=1, skipped={}, desc="reconstruct"))
+
+  oom = fails_with("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB.\n...")
+  with pytest.raises(ValueError, match=r"a batch of 1 images of 3000x4000 ran out of device "
+                     r"memory \(RESOURCE_EXHAUSTED: Out of memory .*\); lower the resolution"):
+    run(oom, (3000, 4000))
+  with pytest.raises(RuntimeError, match="^other$"):  # other errors pass through unchanged
+    run(fails_with("other"), (4, 4))
