@@ -64,9 +64,19 @@ def _write_shards(out: str, num_shards: int, results) -> tuple[list[str], list[i
 
 def _publish(out: str, metadata: dict) -> None:
   """Moves the finished shards into place, then writes metadata.json: a directory never pairs
-  new shards with an old metadata.json, and a failed run leaves an old one intact."""
-  if os.path.exists(os.path.join(out, METADATA)):
-    os.remove(os.path.join(out, METADATA))
+  new shards with an old metadata.json, and a failed run leaves an old one intact. Shards of
+  an earlier run that the new one does not overwrite are removed."""
+  old = os.path.join(out, METADATA)
+  if os.path.exists(old):
+    try:
+      with open(old) as f:
+        stale = set(json.load(f).get("shards", ())) - set(metadata["shards"])
+    except (OSError, ValueError, AttributeError):  # not our metadata: leave its files alone
+      stale = set()
+    for name in stale:
+      if os.path.basename(name) == name and os.path.isfile(os.path.join(out, name)):
+        os.remove(os.path.join(out, name))
+    os.remove(old)
   for name in metadata["shards"]:
     os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
   with open(os.path.join(out, METADATA + ".tmp"), "w") as f:

@@ -33,10 +33,12 @@ def test_fixed_resolution_gives_one_token_grid(tmp_path):
   meta = tokens.tokenize_folder(encode, str(images), str(out), resolution=32, **META)
   assert meta["token_shape"] == [8, 8] and meta["image_size"] == 32
   assert meta["resolution"] == 32 and len(TokenSource(str(out))) == 3
-  meta = tokens.tokenize_folder(encode, str(images), str(out), resolution="train", **META)
+  assert sorted(p.name for p in out.iterdir()) == ["metadata.json", tokens.shard_name(0, 1)]
+  meta = tokens.tokenize_folder(encode, str(images), str(out), resolution="train",
+                                num_shards=2, **META)
   assert meta["token_shape"] == [4, 4] and meta["image_size"] == 16
-  assert sorted(p.name for p in out.iterdir()) == ["metadata.json",
-                                                    tokens.shard_name(0, 1)]  # no .tmp left
+  assert sorted(p.name for p in out.iterdir()) == [  # no .tmp, no shard of the earlier run
+      "metadata.json", tokens.shard_name(0, 2), tokens.shard_name(1, 2)]
 
 
 def test_native_resolution_is_refused_with_the_reason(tmp_path):
