@@ -20,7 +20,7 @@ ALLOWED = {
     "build": {"models", "quantizers"},
     "data": set(),
     "eval": {"data", "models"},
-    "inference": {"build", "data", "models"},
+    "inference": {"build", "data", "models", "quantizers"},
     "configs": set(),
     "config": set(),
     "train": {"build", "data", "eval", "inference", "losses", "models", "quantizers", "kernels",
