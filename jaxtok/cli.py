@@ -30,7 +30,8 @@ def _train(args):
 def _eval(args):
   from jaxtok import train
 
-  _print_result(train.evaluate(_config(args), args.workdir, step=args.step))
+  config = _config(args) if args.config else None  # None: the run's saved config
+  _print_result(train.evaluate(config, args.workdir, step=args.step, overrides=args.overrides))
 
 
 def _export(args):
@@ -221,8 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "train (or resume) a tokenizer or generator in WORKDIR"),
                                 ("eval", _eval, "evaluate WORKDIR's checkpoint on held-out data")):
     p = command(name, func, help_text)
-    p.add_argument("--config", required=True, help="config file, e.g. configs/demo/tokenizer.py"
-                   " (file.py:arg passes arg to get_config); then --config.x.y=value overrides")
+    p.add_argument("--config", required=name == "train",
+                   help="config file, e.g. configs/demo/tokenizer.py (file.py:arg passes arg to "
+                   "get_config); then --config.x.y=value overrides" + (
+                       "; default: the run's own config, saved with its checkpoint (the "
+                       "overrides apply to it)" if name == "eval" else ""))
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and pictures")
     if name == "eval":
       p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
@@ -261,15 +265,44 @@ def main(argv: list[str] | None = None) -> int:
   for name in ("batch_size", "shards"):
     if getattr(args, name, 1) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+  use_compile_cache()
   try:
     args.func(args)
-  except (ValueError, TypeError, FileNotFoundError, KeyError) as e:  # one line, no traceback
+  except KeyboardInterrupt:
     if os.environ.get("JAXTOK_TRACEBACK"):
+      raise
+    print(f"jaxtok {args.command}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except  # the user's errors: no traceback
+    if os.environ.get("JAXTOK_TRACEBACK") or not _is_user_error(e):
       raise
     print(f"jaxtok {args.command}: error: {e} (set JAXTOK_TRACEBACK=1 for the traceback)",
           file=sys.stderr)
     return 2
   return 0
+
+
+def _is_user_error(error: Exception) -> bool:
+  """Errors the user acts on, reported without a traceback: bad arguments, paths or configs,
+  and a run's state (a locked workdir, unreadable or mismatched checkpoints, divergence)."""
+  if isinstance(error, (ValueError, TypeError, OSError, KeyError)):
+    return True
+  from jaxtok.train import checkpoint, guards  # pylint: disable=g-import-not-at-top
+
+  return isinstance(error, (guards.NonFiniteError, guards.WorkdirLockedError,
+                            checkpoint.CheckpointCorruptError))
+
+
+def use_compile_cache() -> None:
+  """Points XLA's persistent compile cache at $JAXTOK_CACHE/jax (default ~/.cache/jaxtok/jax)
+  unless one is set (JAX_COMPILATION_CACHE_DIR): a rerun loads its train step, not compiles."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.config.jax_compilation_cache_dir:
+    return
+  root = os.environ.get("JAXTOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "jaxtok")
+  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax"))
 
 
 if __name__ == "__main__":

@@ -229,3 +229,73 @@ def test_reconstruct_and_tokenize_name_bad_outputs_and_empty_folders(export_f4, 
                        str(out)]) == 2
       err = capsys.readouterr().err
       assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _raises(error):
+  def fail(*args, **kwargs):
+    raise error
+  return fail
+
+
+@pytest.mark.parametrize("command, error, code, message", [
+    ("train", "non_finite", 2, "training stopped at step 3: 3 consecutive steps"),
+    ("train", "locked", 2, "workdir w is in use by pid 42 on host since 2025-01-01T00:00:00"),
+    ("eval", "corrupt", 2, "no intact checkpoint in w/checkpoints: steps 4, 2 cannot be read"),
+    ("eval", "interrupt", 130, "jaxtok eval: interrupted"),
+])
+def test_run_state_errors_are_one_line(command, error, code, message, capsys, monkeypatch):
+  from jaxtok import train  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import checkpoint, guards  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.delenv("JAXTOK_TRACEBACK", raising=False)
+  monkeypatch.setattr(cli, "use_compile_cache", lambda: None)
+  monkeypatch.setattr(cli, "_config", lambda args: None)
+  errors = {"non_finite": guards.NonFiniteError(message, step=3, in_a_row=3),
+            "locked": guards.WorkdirLockedError(message),
+            "corrupt": checkpoint.CheckpointCorruptError(message),
+            "interrupt": KeyboardInterrupt()}
+  monkeypatch.setattr(train, "train" if command == "train" else "evaluate",
+                      _raises(errors[error]))
+  argv = [command, "--workdir", "w"] + (["--config", TINY] if command == "train" else [])
+  assert cli.main(argv) == code
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+  monkeypatch.setenv("JAXTOK_TRACEBACK", "1")
+  with pytest.raises(type(errors[error])):
+    cli.main(argv)
+
+
+def test_workdir_errors_write_nothing(tmp_path, capsys, monkeypatch):
+  """A missing workdir stays missing, a file is no workdir, an export never goes into the
+  run's checkpoints or over the workdir."""
+  monkeypatch.setattr(cli, "use_compile_cache", lambda: None)
+  missing, afile = tmp_path / "missing", tmp_path / "afile"
+  afile.write_text("")
+  for argv, message in [
+      (["export", "--workdir", str(missing), "--out", str(tmp_path / "o")], "no checkpoint under"),
+      (["eval", "--workdir", str(missing)], "no checkpoint under"),
+      (["train", "--config", TINY, "--workdir", str(afile)], "is a file, not a directory"),
+      (["export", "--workdir", str(missing), "--out", str(missing / "checkpoints" / "x")],
+       "would write into the workdir"),
+      (["export", "--workdir", str(missing), "--out", str(missing)],
+       "would write into the workdir")]:
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+  assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_the_cli_sets_a_compile_cache_unless_one_is_set(tmp_path, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setenv("JAXTOK_CACHE", str(tmp_path))
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    cli.use_compile_cache()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+    jax.config.update("jax_compilation_cache_dir", "/elsewhere")  # JAX_COMPILATION_CACHE_DIR
+    cli.use_compile_cache()
+    assert jax.config.jax_compilation_cache_dir == "/elsewhere"
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

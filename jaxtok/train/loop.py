@@ -76,16 +76,6 @@ def reader(workdir: str) -> checkpoint.Checkpointer:
                                  read_only=True)
 
 
-def restore_latest(config, workdir: str, init, mesh, *, step: int | None = None):
-  """(state, step) of `workdir`'s checkpoint at `step` (default: the newest intact one)."""
-  _, _, abstract = layout(init, config.seed, mesh)
-  ckpt = reader(workdir)
-  try:
-    return ckpt.restore_newest(lambda s: ckpt.restore(s, abstract, config=config), step=step)
-  finally:
-    ckpt.close()
-
-
 def warn_config_differences(ckpt: checkpoint.Checkpointer, step: int, config, what: str
                             ) -> list[str]:
   """Logs one warning line naming the config entries that differ from those saved at `step`
