@@ -270,9 +270,9 @@ class Checkpointer:
         self.bad_steps.append(s)
         continue
       if self.bad_steps:
-        log.warning("checkpoint step%s %s in %s cannot be read; using step %d instead (%s)",
-                    "s" if len(self.bad_steps) > 1 else "",
-                    ", ".join(map(str, self.bad_steps)), self.directory, s, errors[0])
+        rest = self.bad_steps[1:]
+        also = f" (nor can step{'s' * (len(rest) > 1)} {', '.join(map(str, rest))})" if rest else ""
+        log.warning("%s%s; using step %d instead", errors[0], also, s)
       return result, s
     if step is not None:
       raise CheckpointCorruptError(errors[0])

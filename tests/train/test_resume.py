@@ -181,8 +181,8 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(reference_run, 
     f.truncate(100)
   # log_every changes no array: the state still ends bit for bit as the reference's.
   result, err = run_tiny(workdir, {**REFERENCE, "train.log_every": 2})
-  assert re.search(r"checkpoint step 6 in \S+ cannot be read; using step 4 instead "
-                   r"\(checkpoint step 6 .* cannot be read: .*\)", err), err[-3000:]
+  assert re.search(r"checkpoint step 6 in \S+ cannot be read: .*; using step 4 instead", err), \
+      err[-3000:]
   assert "resumed from step 4" in err and result["step"] == 6
   assert "train.log_every: 1 -> 2" in err  # the config change is named, with both values
   assert os.listdir(workdir / "corrupt_checkpoints") == ["6"]
