@@ -278,7 +278,8 @@ def test_workdir_errors_write_nothing(tmp_path, capsys, monkeypatch):
       (["export", "--workdir", str(missing), "--out", str(missing / "checkpoints" / "x")],
        "would write into the workdir"),
       (["export", "--workdir", str(missing), "--out", str(missing)],
-       "would write into the workdir")]:
+       "would write into the workdir"),
+      (["export", "--workdir", str(missing), "--out", str(afile)], "is a file, not a directory")]:
     assert cli.main(argv) == 2, argv
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
