@@ -62,15 +62,28 @@ def train_tokenizer_demo(workdir: str, overrides=()) -> dict:
         f"{config.data.image_size}x{config.data.image_size} crops, {config.train.steps} steps")
   _train(config, run_dir)
   export.export(run_dir, os.path.join(run_dir, "export"))
-  result = last_eval(run_dir)
+  tok = inference.load(os.path.join(run_dir, "export"))
+  crops = samples.random_crops(config.data.num_eval, tok.image_size, seed=0,
+                               photos=samples.HELDOUT_PHOTOS)
+  result = {**last_eval(run_dir), "colour_shift_rgb": colour_shift(tok, crops)}
   shutil.copy(sorted(glob.glob(os.path.join(run_dir, "recon", "*.png")))[-1],
               os.path.join(workdir, "recon.png"))
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   print(f"held-out (step {result['step']}): PSNR {result['psnr']:.2f} dB, SSIM "
         f"{result['ssim']:.3f}, codebook usage {result['usage']:.2f}, perplexity "
-        f"{result['perplexity']:.1f}; tokenizer exported to {run_dir}/export (jaxtok.load)")
+        f"{result['perplexity']:.1f}, mean colour shift (R, G, B) "
+        f"{tuple(result['colour_shift_rgb'])} of 255; tokenizer exported to "
+        f"{run_dir}/export (jaxtok.load)")
   return result
+
+
+def colour_shift(tok: inference.LoadedTokenizer, images_u8: np.ndarray) -> list[float]:
+  """Mean reconstructed minus mean original value per channel, in uint8 levels: a tokenizer's
+  colour cast (the README's demo section explains the demo's)."""
+  recon = np.asarray(image_lib.to_uint8(jax.jit(tok.reconstruct)(jnp.asarray(images_u8))))
+  shift = recon.reshape(-1, 3).mean(0) - images_u8.reshape(-1, 3).astype(np.float64).mean(0)
+  return [round(float(v), 1) for v in shift]
 
 
 def heldout_photo() -> np.ndarray:
