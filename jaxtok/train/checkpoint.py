@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import flax
 import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -136,7 +137,6 @@ def config_to_json(config) -> dict:
 
 def config_from_json(saved: dict):
   """A saved config back as a ConfigDict (JSON lists as the tuples configs use)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
 
   def tuples(x):
     if isinstance(x, dict):
