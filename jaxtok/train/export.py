@@ -4,9 +4,11 @@ config) written as an export directory that `jaxtok.load` reads (see jaxtok/infe
 Exporting only reads the workdir (read-only: it may train meanwhile), so it takes no lock.
 """
 
+import json
 import os
 
 from jaxtok import inference
+from jaxtok.data import tokens as token_data
 from jaxtok.train import loop
 
 
@@ -29,7 +31,19 @@ def restore_model(workdir: str, *, step: int | None = None, use_ema: bool = True
   variables = {"params": state["ema_params" if use_ema else "params"]}
   if state.get("quantizer_state"):
     variables["quantizer_state"] = state["quantizer_state"]
-  return config, variables, step
+  tokenizer = trained_on_tokenizer(config)
+  return ({**config, "tokenizer": tokenizer} if tokenizer else config), variables, step
+
+
+def trained_on_tokenizer(config: dict) -> dict | None:
+  """The config of the tokenizer whose tokens a generator run trained on (its token
+  directory's metadata), so that `jaxtok sample` can refuse another tokenizer; None for
+  tokenizer runs or when the token directory is gone."""
+  path = os.path.join(str(config.get("data", {}).get("path") or ""), token_data.METADATA)
+  if config.get("trainer") == "tokenizer" or not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("tokenizer_config")
 
 
 def check_out(workdir: str, out: str) -> None:

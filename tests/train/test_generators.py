@@ -29,6 +29,7 @@ from jaxtok.configs.demo import tokenizer as tokenizer_config
 from jaxtok.data import tokens as token_data
 from jaxtok.models.generators.ar import GPT
 from jaxtok.train import ar_trainer, checkpoint, generator, loop, sharding
+from jaxtok.train import export as export_lib
 from jaxtok.train import state as state_lib
 from jaxtok.train.metrics import read_jsonl
 from tests.train.conftest import REPO, subprocess_env
@@ -299,3 +300,18 @@ def test_configs_build_their_generators():
   assert (config.optimizer.lr, config.optimizer.b2, config.optimizer.weight_decay,
           config.train.batch_size, model.cond_dropout, model.token_dropout) == (
               1e-4, 0.95, 0.05, 256, 0.1, 0.1)
+
+
+def test_a_generator_export_names_the_tokenizer_it_was_trained_on(tmp_path):
+  grids = np.zeros((2, 4, 4), np.int32)
+  token_dir = write_tokens(tmp_path / "tokens", grids, 32)
+  meta_path = os.path.join(token_dir, token_data.METADATA)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  tokenizer = checkpoint.config_to_json(tokenizer_config.get_config("tiny"))
+  with open(meta_path, "w") as f:
+    json.dump({**meta, "tokenizer_config": tokenizer}, f)
+  config = checkpoint.config_to_json(tiny_config(token_dir))
+  assert export_lib.trained_on_tokenizer(config) == tokenizer
+  assert export_lib.trained_on_tokenizer({**config, "data": {"path": str(tmp_path)}}) is None
+  assert export_lib.trained_on_tokenizer(tokenizer) is None  # a tokenizer run names none
