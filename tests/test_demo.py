@@ -69,5 +69,6 @@ def test_quick_demo_stops_resumes_and_reports_only_what_it_measured(tmp_path, ca
   assert again["quantizers"] == results["quantizers"]
   assert "resumed from step 8 " in capsys.readouterr().err
   rows = read_jsonl(tmp_path / "tokenizer" / "metrics.jsonl")
-  steps = [r["step"] for r in rows]
-  assert steps == sorted(set(steps)) and steps[-1] == 8  # one row per step, in order
+  for split in ("train", "eval"):  # one row per step and split, in order, none repeated
+    steps = [r["step"] for r in rows if r["split"] == split]
+    assert steps == sorted(set(steps)) and steps[-1] == 8, (split, steps)

@@ -22,6 +22,8 @@ import os
 import struct
 from collections.abc import Sequence
 
+from jaxtok.data import samples
+
 # Every format here decodes with Pillow (`transforms.decode_image`); a GIF gives its first frame.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 SPLITS = ("all", "train", "eval")
@@ -186,3 +188,18 @@ class ArrayRecordSource:
 
   def __repr__(self) -> str:
     return f"ArrayRecordSource({len(self.paths)} shards, {len(self)} records)"
+
+
+def from_config(data_config, split: str):
+  """The record source of `split` ("train" or "eval") that `data.source` names."""
+  kind = data_config.source
+  if kind == "samples":  # bundled photo crops: the demo and tests
+    count = data_config.num_train if split == "train" else data_config.num_eval
+    return samples.SampleCrops(count=count, size=data_config.image_size, seed=0, split=split)
+  if kind == "folder":  # eval: a folder of its own (eval_path), else a hash split of path
+    if split == "eval" and data_config.eval_path:
+      return FolderSource(data_config.eval_path)
+    return FolderSource(data_config.path, split=split, eval_fraction=data_config.eval_fraction)
+  if kind == "arrayrecord":
+    return ArrayRecordSource(data_config.path if split == "train" else data_config.eval_path)
+  raise ValueError(f"data.source must be 'samples', 'folder' or 'arrayrecord'; got {kind!r}")

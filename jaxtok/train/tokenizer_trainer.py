@@ -21,7 +21,7 @@ import optax
 from jaxtok import build, losses
 from jaxtok import config as config_lib
 from jaxtok.data import images as image_lib
-from jaxtok.data import pipeline, samples, sources
+from jaxtok.data import pipeline, sources
 from jaxtok.eval import metrics as eval_metrics
 from jaxtok.models.tokenizers.tokenizer import Tokenizer
 from jaxtok.train import checkpoint, guards, loop, optim, sharding
@@ -231,23 +231,6 @@ def jitted_step(parts: Parts, config, mesh):
 # ------------------------------------------------------------------ data and evaluation
 
 
-def make_source(data_config, split: str):
-  """The record source of `split` ("train" or "eval") that `data.source` names."""
-  kind = data_config.source
-  if kind == "samples":  # bundled photo crops: the demo and tests
-    count = data_config.num_train if split == "train" else data_config.num_eval
-    return samples.SampleCrops(count=count, size=data_config.image_size, seed=0, split=split)
-  if kind == "folder":  # eval: a folder of its own (eval_path), else a hash split of path
-    if split == "eval" and data_config.eval_path:
-      return sources.FolderSource(data_config.eval_path)
-    return sources.FolderSource(data_config.path, split=split,
-                                eval_fraction=data_config.eval_fraction)
-  if kind == "arrayrecord":
-    return sources.ArrayRecordSource(data_config.path if split == "train"
-                                     else data_config.eval_path)
-  raise ValueError(f"data.source must be 'samples', 'folder' or 'arrayrecord'; got {kind!r}")
-
-
 def make_eval_step(tokenizer: Tokenizer, use_lpips: bool):
   """(params, quantizer_state, images uint8, mask [B], lpips_params) -> (per-batch sums,
   reconstructions uint8)."""
@@ -277,7 +260,7 @@ def make_evaluate(config, parts: Parts, mesh, lpips_params) -> loop.EvalFn:
   the held-out split; the reconstructions of its first images go to the writer's grid."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  source = make_source(config.data, "eval")
+  source = sources.from_config(config.data, "eval")
   eval_step = jax.jit(make_eval_step(parts.tokenizer, config.eval.lpips))
   local, size = config.eval.batch_size // jax.process_count(), config.data.image_size
   # Every process runs as many batches as the largest shard needs (padding with masked rows),
@@ -328,7 +311,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
   parts = build_parts(config)
   lpips_params = _load_lpips(config, mesh)
   batches = iter(pipeline.make_pipeline(
-      make_source(config.data, "train"), image_size=config.data.image_size,
+      sources.from_config(config.data, "train"), image_size=config.data.image_size,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed, train=True,
       num_workers=config.data.num_workers, max_skipped=config.data.max_skipped))
   evaluate = (make_evaluate(config, parts, mesh, lpips_params) if config.eval.every_steps > 0

@@ -225,6 +225,12 @@ def test_sample_command_end_to_end(reference_run, tokenizer_export, tmp_path, ca
   assert cli.main(["sample", "--model", tokenizer_export, "--tokenizer", tokenizer_export,
                    "--out", str(out)]) == 2
   assert "holds a 'tokenizer' model; expected a generator export" in capsys.readouterr().err
+  for command in ("reconstruct", "tokenize"):  # and a generator given as the tokenizer
+    assert cli.main([command, "--model", export, "--images", str(tmp_path), "--out",
+                     str(tmp_path / command)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a 'ar' model; expected a tokenizer export" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / command).exists()
   # Class ids out of range and tokenizers of another grid are refused before any sampling.
   tok = jaxtok.load(tokenizer_export)
   config = tiny_config("", **{"model.num_classes": 10})
