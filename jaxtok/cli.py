@@ -152,6 +152,21 @@ def _sample(args):
         f"{args.out}/samples.png and {args.out}/samples.npz")
 
 
+def _convert(args):
+  from jaxtok import convert
+
+  if args.list:
+    print(convert.describe())
+    return
+  missing = [f for f, v in (("from", args.source), ("checkpoint", args.checkpoint),
+                                ("out", args.out)) if v is None]
+  if missing:
+    raise ValueError(f"jaxtok convert needs {', '.join('--' + f for f in missing)} "
+                     f"(or --list to see the sources)")
+  out = convert.convert(args.source, args.checkpoint, args.out, use_ema=args.ema)
+  print(f"converted {args.checkpoint} ({args.source}) to {out}")
+
+
 def _demo(args):
   from jaxtok import demo
 
@@ -244,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
 
   _add_sample_arguments(command("sample", _sample, "draw token grids from a generator, decode "
                                 "them to a PNG grid"))
+  p = command("convert", _convert, "convert a published checkpoint (LlamaGen, TiTok, MaskGIT, "
+              "taming) into a jaxtok export")
+  p.add_argument("--from", dest="source", help="the source model (see --list)")
+  p.add_argument("--checkpoint", help="the released file (.pt/.pth/.bin/.safetensors/.msgpack)")
+  p.add_argument("--out", help="the export directory to write")
+  p.add_argument("--ema", action="store_true", help="convert the file's 'ema' weights")
+  p.add_argument("--list", action="store_true", help="list the sources and their files")
   p = command("demo", _demo, "train a small tokenizer, compare quantizers and train a tiny "
               "generator on bundled photos")
   p.add_argument("--workdir", default="runs/demo", help="where checkpoints, metrics, pictures go")

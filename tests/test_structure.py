@@ -19,14 +19,16 @@ ALLOWED = {
     "models": {"kernels", "quantizers", "layers"},
     "build": {"models", "quantizers"},
     "data": set(),
-    "eval": {"data", "models"},
+    "weights": set(),  # other frameworks' checkpoint files, read without them
+    "eval": {"build", "data", "inference", "models", "quantizers", "weights"},
+    "convert": {"build", "data", "inference", "models", "quantizers", "weights"},
     "inference": {"build", "data", "models", "quantizers"},
     "configs": set(),
     "config": set(),
     "train": {"build", "data", "eval", "inference", "losses", "models", "quantizers", "kernels",
               "config"},
     "demo": {"config", "configs", "data", "eval", "inference", "train"},
-    "cli": {"config", "data", "demo", "eval", "inference", "models", "train"},
+    "cli": {"config", "convert", "data", "demo", "eval", "inference", "models", "train"},
 }
 
 

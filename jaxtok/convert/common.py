@@ -1,0 +1,165 @@
+"""What every converter shares: the `Source` record, reading a checkpoint's state dict out of
+the wrappers real files have, the `Weights` ledger that accounts for every tensor, PyTorch ->
+Flax layouts, and writing the export.
+
+A converter is a function `build(weights, **options) -> (config, variables)`: it takes each
+tensor it maps with `weights.take(name, layout)`, lists the buffers it drops with
+`weights.ignore(...)`, and returns the jaxtok run config and the model's variables.
+`Source.run` then refuses the conversion, naming them, if any tensor was missing or left
+unused, and `inference.assemble` refuses any shape that does not fit the model.
+"""
+
+import dataclasses
+import fnmatch
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from jaxtok import inference, weights as weight_files
+
+# Keys of the wrapper dicts training scripts save around a state dict, in the order tried.
+WRAPPERS = ("model", "state_dict", "module", "params", "net", "generator")
+PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, Lightning
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One convertible published model."""
+
+  name: str  # the `--from` name, e.g. "llamagen-vq16"
+  files: tuple[str, ...]  # the released file names, e.g. ("vq_ds16_c2i.pt",)
+  description: str  # one line: the model, the paper or repo, its size
+  build: Callable[..., tuple[dict, dict]]  # (Weights, **options) -> (config, variables)
+  options: tuple[str, ...] = ()  # keyword options `build` takes (besides the weights)
+
+  def run(self, checkpoint: str, out: str, *, use_ema: bool = False, **options) -> str:
+    """Converts `checkpoint` into the export directory `out`; returns its path."""
+    unknown = sorted(set(options) - set(self.options))
+    if unknown:
+      raise ValueError(f"source {self.name!r} takes no option {', '.join(unknown)}; its "
+                       f"options: {list(self.options) or 'none'}")
+    state = state_dict(weight_files.read_object(checkpoint), use_ema=use_ema, where=checkpoint)
+    ledger = Weights(state, checkpoint)
+    config, variables = self.build(ledger, **options)
+    ledger.check()
+    config = dict(config, converted_from={"source": self.name,
+                                          "checkpoint": os.path.basename(checkpoint),
+                                          "sha256": sha256(checkpoint), "ema": use_ema})
+    inference.assemble(config, variables)  # refuses shapes that do not fit, by name
+    return inference.save(out, config, variables)
+
+
+def sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def state_dict(obj: Any, *, use_ema: bool = False, where: str = "checkpoint") -> dict:
+  """The flat {name: array} state dict inside a checkpoint object: unwraps {"model": ...}
+  (or "ema" when `use_ema`, "state_dict", "module", ...), strips DDP / torch.compile /
+  Lightning prefixes, and flattens nested (Flax) dicts with "/"."""
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{where}: holds a {type(obj).__name__}, not a state dict")
+  if use_ema:
+    if "ema" not in obj:
+      raise ValueError(f"{where}: use_ema asks for its 'ema' weights, but its top-level keys "
+                       f"are {sorted(map(str, obj))[:8]}")
+    obj = obj["ema"]
+  while (inner := next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), Mapping)),
+                        None)) is not None:
+    obj = inner
+  if not weight_files.flatten(obj):
+    raise ValueError(f"{where}: no state dict found; top-level keys: "
+                     f"{sorted(map(str, obj))[:8]} (expected tensors or one of {WRAPPERS})")
+  flat = weight_files.flatten(obj, sep="/") if _is_nested(obj) else {
+      str(k): v for k, v in obj.items() if isinstance(v, np.ndarray)}
+  for prefix in PREFIXES:
+    if flat and all(k.startswith(prefix) for k in flat):
+      flat = {k[len(prefix):]: v for k, v in flat.items()}
+  return flat
+
+
+def _is_nested(obj: Mapping) -> bool:
+  """A Flax params tree: nested dicts of arrays, no array at the top."""
+  return bool(obj) and all(isinstance(v, Mapping) for v in obj.values()) and any(
+      isinstance(leaf, np.ndarray) for leaf in weight_files.flatten(obj).values())
+
+
+class Weights:
+  """A checkpoint's tensors, each to be taken once (converted to float32 by default) or
+  ignored by name; `check()` raises naming every missing, unused or misshapen one."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], where: str = "checkpoint"):
+    self.arrays = dict(arrays)
+    self.where = where
+    self.used: set[str] = set()
+    self.missing: list[str] = []
+    self.misshapen: list[str] = []
+
+  def keys(self, pattern: str = "*") -> list[str]:
+    """The names matching a glob pattern, e.g. "blocks.*.attn.wqkv.weight"."""
+    return sorted(k for k in self.arrays if fnmatch.fnmatchcase(k, pattern))
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.arrays
+
+  def take(self, name: str, layout: Callable[[np.ndarray], np.ndarray] | None = None, *,
+           shape: tuple[int, ...] | None = None, dtype=np.float32) -> np.ndarray | None:
+    """The tensor `name` (checked against `shape` if given, before `layout`), in `layout`
+    (e.g. `conv`, `linear`); None when missing (reported by `check`)."""
+    if name not in self.arrays:
+      self.missing.append(name)
+      return None
+    self.used.add(name)
+    value = np.asarray(self.arrays[name])
+    if shape is not None and tuple(value.shape) != tuple(shape):
+      self.misshapen.append(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    value = value.astype(dtype)
+    return layout(value) if layout is not None else value
+
+  def ignore(self, *patterns: str) -> list[str]:
+    """Marks the tensors matching these glob patterns as knowingly dropped (buffers such as
+    usage counters or precomputed RoPE tables); returns their names."""
+    names = [k for p in patterns for k in self.keys(p)]
+    self.used.update(names)
+    return names
+
+  def check(self) -> None:
+    unused = sorted(set(self.arrays) - self.used)
+    problems = []
+    for label, names in (("missing", self.missing), ("unused (not in the jaxtok model)", unused),
+                         ("misshapen", self.misshapen)):
+      if names:
+        more = f" and {len(names) - 12} more" if len(names) > 12 else ""
+        problems.append(f"{len(names)} {label}: {', '.join(names[:12])}{more}")
+    if problems:
+      raise ValueError(f"{self.where} does not fit: " + "; ".join(problems))
+
+
+# PyTorch -> Flax layouts.
+def conv(w: np.ndarray) -> np.ndarray:
+  """Conv weight OIHW -> HWIO."""
+  return np.transpose(w, (2, 3, 1, 0))
+
+
+def linear(w: np.ndarray) -> np.ndarray:
+  """Linear weight [out, in] -> Dense kernel [in, out]."""
+  return np.transpose(w)
+
+
+def nest(flat: Mapping[str, Any], sep: str = "/") -> dict:
+  """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split(sep)
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
