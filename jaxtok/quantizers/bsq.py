@@ -18,7 +18,8 @@ class BSQ(nn.Module):
   sphere, so the quantization error is bounded); quantized = u + sg(q − u) in z's dtype (maths
   in f32): the gradient is the identity through the binarization and the Jacobian of the
   normalization before it. Bits, ids and entropy maths are LFQ's (`lfq.py`): indices [...]
-  int32 with channel i as bit i, weight 2^i (the reference code uses the reverse order).
+  int32, channel i weighing 2^i with bit_order "lsb" (the default), 2^(B-1-i) with "msb" (the
+  order of the BSQ reference code and vector-quantize-pytorch, whose ids then map exactly).
   loss = commitment_weight·mean_n ||u_n − sg(q_n)||^2 (summed over channels, as the reference)
        + entropy_weight·(per-sample entropy − diversity_gamma·codebook entropy) of the soft
   assignment softmax(-||u − c||^2 / temperature) over c in {±1/√B}^B, factorized over groups of
@@ -35,9 +36,10 @@ class BSQ(nn.Module):
   diversity_gamma: float = 1.0  # weight of the codebook entropy inside the entropy term
   temperature: float = 1.0  # of the soft assignment softmax(-||u − c||^2 / temperature)
   entropy_group_bits: int = 9  # bits per entropy group: memory N·2^g per group
+  bit_order: str = "lsb"  # "lsb": channel 0 is the ids' lowest bit; "msb": the highest
 
   def __post_init__(self):
-    validate_bits(self.bits, self.entropy_group_bits)
+    validate_bits(self.bits, self.entropy_group_bits, self.bit_order)
     super().__post_init__()
 
   @property
@@ -65,14 +67,15 @@ class BSQ(nn.Module):
     return binary_quantizer_output(
         u, q, z.dtype, commitment=commitment, commitment_weight=self.commitment_weight,
         entropy_weight=self.entropy_weight, diversity_gamma=self.diversity_gamma,
-        value=self.code_value, temperature=self.temperature, group_bits=self.entropy_group_bits)
+        value=self.code_value, temperature=self.temperature, group_bits=self.entropy_group_bits,
+        bit_order=self.bit_order)
 
   def encode(self, z: jax.Array) -> jax.Array:
     """Token ids [...] int32 of z [..., B]."""
     check_last_dim(z, self.input_dim)
-    return codes_to_indices(l2_normalize(z))  # as __call__: a tiny z_i may underflow to 0
+    return codes_to_indices(l2_normalize(z), self.bit_order)  # as __call__: a tiny z_i may underflow to 0
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes [..., B] f32 in {±1/√B}; equal to `quantized` of the z that gave the ids."""
     check_indices(indices, self.codebook_size)
-    return indices_to_codes(indices, self.bits, self.code_value)
+    return indices_to_codes(indices, self.bits, self.code_value, self.bit_order)

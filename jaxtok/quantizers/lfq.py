@@ -9,13 +9,24 @@ from jaxtok.quantizers.base import (
     straight_through)
 
 MAX_BITS = 31  # ids are int32
+# Which channel is the id's least significant bit: "lsb" channel 0 (jaxtok's default), "msb"
+# channel 0 is the most significant (vector-quantize-pytorch, Open-MAGVIT2, the BSQ code).
+BIT_ORDERS = ("lsb", "msb")
 
 
-def validate_bits(bits: int, group_bits: int) -> None:
+def validate_bits(bits: int, group_bits: int, bit_order: str = "lsb") -> None:
   if not 1 <= bits <= MAX_BITS:
     raise ValueError(f"bits must be in [1, {MAX_BITS}] so ids fit in int32; got bits={bits}")
   if group_bits < 1:
     raise ValueError(f"entropy_group_bits must be >= 1; got {group_bits}")
+  if bit_order not in BIT_ORDERS:
+    raise ValueError(f"bit_order must be one of {BIT_ORDERS}; got {bit_order!r}")
+
+
+def _bit_positions(bits: int, bit_order: str) -> jax.Array:
+  """The power of two each channel weighs: channel i -> i ("lsb") or bits - 1 - i ("msb")."""
+  positions = jnp.arange(bits, dtype=jnp.int32)
+  return positions if bit_order == "lsb" else bits - 1 - positions
 
 
 def sign_codes(z: jax.Array, value: float) -> jax.Array:
@@ -23,21 +34,24 @@ def sign_codes(z: jax.Array, value: float) -> jax.Array:
   return jnp.where(z > 0, jnp.float32(value), jnp.float32(-value))
 
 
-def codes_to_indices(codes: jax.Array) -> jax.Array:
-  """Ids [...] int32 of binary codes [..., B]: bit i (channel i, > 0 means 1) weighs 2^i.
+def codes_to_indices(codes: jax.Array, bit_order: str = "lsb") -> jax.Array:
+  """Ids [...] int32 of binary codes [..., B] (a channel > 0 is a 1 bit).
 
-  Channel 0 is the least significant bit. (The BSQ reference code weighs channel 0 by
-  2^(B-1): its ids are these with the bit order reversed.)
+  bit_order "lsb": channel i weighs 2^i (channel 0 is the least significant bit). "msb":
+  channel i weighs 2^(B-1-i), the order of vector-quantize-pytorch's LFQ (its `mask` buffer
+  2^(B-1), ..., 1), Open-MAGVIT2 and the BSQ reference code, whose ids therefore map exactly.
   """
-  weights = jnp.left_shift(jnp.int32(1), jnp.arange(codes.shape[-1], dtype=jnp.int32))
+  weights = jnp.left_shift(jnp.int32(1), _bit_positions(codes.shape[-1], bit_order))
   bits = (codes > 0).astype(jnp.int32)
   return jnp.sum(bits * per_channel(weights, bits.ndim), axis=-1, dtype=jnp.int32)
 
 
-def indices_to_codes(indices: jax.Array, bits: int, value: float = 1.0) -> jax.Array:
-  """Codes [..., bits] f32 in {-value, +value} of int ids [...] (inverse of codes_to_indices)."""
+def indices_to_codes(indices: jax.Array, bits: int, value: float = 1.0,
+                     bit_order: str = "lsb") -> jax.Array:
+  """Codes [..., bits] f32 in {-value, +value} of int ids [...] (inverse of codes_to_indices
+  with the same bit_order)."""
   indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
-  shifts = per_channel(jnp.arange(bits, dtype=jnp.int32), indices.ndim)
+  shifts = per_channel(_bit_positions(bits, bit_order), indices.ndim)
   bit = jnp.right_shift(indices, shifts) & 1
   return sign_codes(bit, value)
 
@@ -85,12 +99,12 @@ def binary_code_entropies(z: jax.Array, *, value: float, temperature: float,
 def binary_quantizer_output(z: jax.Array, q: jax.Array, z_dtype, *, commitment: jax.Array,
                             commitment_weight: float, entropy_weight: float,
                             diversity_gamma: float, value: float, temperature: float,
-                            group_bits: int) -> QuantizerOutput:
+                            group_bits: int, bit_order: str = "lsb") -> QuantizerOutput:
   """Assembles the LFQ/BSQ output from f32 z (the vector quantized) and its code q.
 
   loss = commitment_weight·commitment + entropy_weight·(per_sample − diversity_gamma·codebook).
   """
-  indices = codes_to_indices(q)
+  indices = codes_to_indices(q, bit_order)
   per_sample, codebook = binary_code_entropies(
       z, value=value, temperature=temperature, group_bits=group_bits)
   loss = (commitment_weight * commitment
@@ -106,8 +120,9 @@ class LFQ(nn.Module):
   """Lookup-free quantization: each channel of z is one bit, quantized to ±scale by its sign.
 
   z [..., B] with B = bits -> quantized [..., B] in z's dtype (maths in f32), straight-through
-  (identity gradient); indices [...] int32 with channel i as bit i, weight 2^i (see
-  `codes_to_indices`); codebook_size 2^B (B <= 31).
+  (identity gradient); indices [...] int32, channel i weighing 2^i with bit_order "lsb" (the
+  default) or 2^(B-1-i) with "msb", the order of vector-quantize-pytorch and Open-MAGVIT2,
+  whose ids then map exactly (see `codes_to_indices`); codebook_size 2^B (B <= 31).
   loss = commitment_weight·mean((z − sg(q))^2) (mean over elements)
        + entropy_weight·(per-sample entropy − diversity_gamma·codebook entropy),
   the entropies of softmax(-||z − c||^2 / temperature) computed group by group in f32: see
@@ -125,9 +140,10 @@ class LFQ(nn.Module):
   diversity_gamma: float = 1.0  # weight of the codebook entropy inside the entropy term
   temperature: float = 0.01  # of the soft assignment softmax(-||z − c||^2 / temperature)
   entropy_group_bits: int = 9  # bits per entropy group: memory N·2^g per group
+  bit_order: str = "lsb"  # "lsb": channel 0 is the ids' lowest bit; "msb": the highest
 
   def __post_init__(self):
-    validate_bits(self.bits, self.entropy_group_bits)
+    validate_bits(self.bits, self.entropy_group_bits, self.bit_order)
     super().__post_init__()
 
   @property
@@ -151,14 +167,15 @@ class LFQ(nn.Module):
     return binary_quantizer_output(
         z32, q, z.dtype, commitment=commitment, commitment_weight=self.commitment_weight,
         entropy_weight=self.entropy_weight, diversity_gamma=self.diversity_gamma,
-        value=self.scale, temperature=self.temperature, group_bits=self.entropy_group_bits)
+        value=self.scale, temperature=self.temperature, group_bits=self.entropy_group_bits,
+        bit_order=self.bit_order)
 
   def encode(self, z: jax.Array) -> jax.Array:
     """Token ids [...] int32 of z [..., B]."""
     check_last_dim(z, self.input_dim)
-    return codes_to_indices(z)
+    return codes_to_indices(z, self.bit_order)
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes [..., B] f32 in {±scale}; equal to `quantized` of the z that gave the ids."""
     check_indices(indices, self.codebook_size)
-    return indices_to_codes(indices, self.bits, self.scale)
+    return indices_to_codes(indices, self.bits, self.scale, self.bit_order)

@@ -111,3 +111,26 @@ def test_errors_name_the_problem():
     q.indices_to_codes(jnp.array([64]))
   with pytest.raises(ValueError, match="bits"):
     LFQ(32)
+
+
+@pytest.mark.parametrize("quantizer", ["lfq", "bsq"])
+def test_msb_bit_order_gives_vector_quantize_pytorch_ids(quantizer):
+  # vector-quantize-pytorch's LFQ (1.32; also Open-MAGVIT2, BSQ's code): mask = 2 **
+  # arange(B - 1, -1, -1); ids = sum((x > 0) * mask). Written here from that rule.
+  from jaxtok.quantizers.bsq import BSQ  # pylint: disable=g-import-not-at-top
+  bits = 7
+  z = np.asarray(jax.random.normal(jax.random.key(5), (3, 4, bits)))
+  expected = np.sum((z > 0).astype(np.int64) * 2 ** np.arange(bits - 1, -1, -1), axis=-1)
+  make = (lambda **kw: LFQ(bits, **kw)) if quantizer == "lfq" else (lambda **kw: BSQ(bits, **kw))
+  msb, lsb = make(bit_order="msb"), make()
+  out = msb.apply({}, jnp.asarray(z))
+  np.testing.assert_array_equal(out.indices, expected)
+  np.testing.assert_array_equal(msb.apply({}, jnp.asarray(z), method="encode"), expected)
+  # Same codes either way; only the ids' bit order differs (lsb ids are the reversed bits).
+  np.testing.assert_array_equal(out.quantized, lsb.apply({}, jnp.asarray(z)).quantized)
+  reversed_ids = np.sum((z > 0).astype(np.int64) << np.arange(bits), axis=-1)
+  np.testing.assert_array_equal(lsb.apply({}, jnp.asarray(z)).indices, reversed_ids)
+  np.testing.assert_array_equal(
+      msb.apply({}, jnp.asarray(expected), method="indices_to_codes"), out.quantized)
+  with pytest.raises(ValueError, match="bit_order must be one of"):
+    make(bit_order="big")
