@@ -163,7 +163,8 @@ def _convert(args):
   if missing:
     raise ValueError(f"jaxtok convert needs {', '.join('--' + f for f in missing)} "
                      f"(or --list to see the sources)")
-  out = convert.convert(args.source, args.checkpoint, args.out, use_ema=args.ema)
+  out = convert.convert(args.source, args.checkpoint, args.out, use_ema=args.ema,
+                        **convert.parse_options(args.option))
   print(f"converted {args.checkpoint} ({args.source}) to {out}")
 
 
@@ -221,6 +222,16 @@ def _add_images_arguments(p: argparse.ArgumentParser, name: str) -> None:
                  "fraction (0.01); default %(default)s")
 
 
+def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--from", dest="source", help="the source model (see --list)")
+  p.add_argument("--checkpoint", help="the released file (.pt/.pth/.bin/.safetensors/.msgpack)")
+  p.add_argument("--out", help="the export directory to write")
+  p.add_argument("--ema", action="store_true", help="convert the file's 'ema' weights")
+  p.add_argument("--list", action="store_true", help="list the sources and their files")
+  p.add_argument("--option", action="append", metavar="NAME=VALUE",
+                 help="a source's own option (see --list), e.g. image_size=384; repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jaxtok", allow_abbrev=False,
@@ -259,13 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   _add_sample_arguments(command("sample", _sample, "draw token grids from a generator, decode "
                                 "them to a PNG grid"))
-  p = command("convert", _convert, "convert a published checkpoint (LlamaGen, TiTok, MaskGIT, "
-              "taming) into a jaxtok export")
-  p.add_argument("--from", dest="source", help="the source model (see --list)")
-  p.add_argument("--checkpoint", help="the released file (.pt/.pth/.bin/.safetensors/.msgpack)")
-  p.add_argument("--out", help="the export directory to write")
-  p.add_argument("--ema", action="store_true", help="convert the file's 'ema' weights")
-  p.add_argument("--list", action="store_true", help="list the sources and their files")
+  _add_convert_arguments(command(
+      "convert", _convert, "convert a published checkpoint (LlamaGen, TiTok, MaskGIT, taming) "
+      "into a jaxtok export"))
   p = command("demo", _demo, "train a small tokenizer, compare quantizers and train a tiny "
               "generator on bundled photos")
   p.add_argument("--workdir", default="runs/demo", help="where checkpoints, metrics, pictures go")

@@ -9,6 +9,7 @@ a converted model as they use a trained one. PyTorch files are read without torc
 """
 
 import importlib
+import json
 
 from jaxtok.convert.common import Source
 
@@ -41,9 +42,26 @@ def convert(source: str, checkpoint: str, out: str, **options) -> str:
   return known[source].run(checkpoint, out, **options)
 
 
+def parse_options(items: list[str] | None) -> dict:
+  """`--option NAME=VALUE` strings -> {name: value}, values read as JSON where they parse
+  (numbers, true / false, lists), else kept as strings (paths)."""
+  options = {}
+  for item in items or ():
+    name, sep, text = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"--option must be NAME=VALUE (e.g. image_size=384); got {item!r}")
+    try:
+      options[name] = json.loads(text)
+    except json.JSONDecodeError:
+      options[name] = text
+  return options
+
+
 def describe() -> str:
   """The table `jaxtok convert --list` prints: source, expected files, what it is."""
-  rows = [(s.name, ", ".join(s.files), s.description) for s in sources().values()]
+  rows = [(s.name, ", ".join(s.files),
+           s.description + (f" [options: {', '.join(s.options)}]" if s.options else ""))
+          for s in sources().values()]
   width = max((len(r[0]) for r in rows), default=6)
   files = max((len(r[1]) for r in rows), default=5)
   lines = [f"{'source':<{width}}  {'files':<{files}}  model"]
@@ -51,4 +69,4 @@ def describe() -> str:
   return "\n".join(lines)
 
 
-__all__ = ["FAMILIES", "Source", "convert", "describe", "sources"]
+__all__ = ["FAMILIES", "Source", "convert", "describe", "parse_options", "sources"]

@@ -37,19 +37,37 @@ class Source:
 
   def run(self, checkpoint: str, out: str, *, use_ema: bool = False, **options) -> str:
     """Converts `checkpoint` into the export directory `out`; returns its path."""
-    unknown = sorted(set(options) - set(self.options))
-    if unknown:
-      raise ValueError(f"source {self.name!r} takes no option {', '.join(unknown)}; its "
-                       f"options: {list(self.options) or 'none'}")
+    self._check_options(options)
     state = state_dict(weight_files.read_object(checkpoint), use_ema=use_ema, where=checkpoint)
-    ledger = Weights(state, checkpoint)
-    config, variables = self.build(ledger, **options)
-    ledger.check()
+    config, variables = self.convert_state(state, checkpoint, **options)
     config = dict(config, converted_from={"source": self.name,
                                           "checkpoint": os.path.basename(checkpoint),
                                           "sha256": sha256(checkpoint), "ema": use_ema})
     inference.assemble(config, variables)  # refuses shapes that do not fit, by name
     return inference.save(out, config, variables)
+
+  def _check_options(self, options) -> None:
+    unknown = sorted(set(options) - set(self.options))
+    if unknown:
+      raise ValueError(f"source {self.name!r} takes no option {', '.join(unknown)}; its "
+                       f"options: {list(self.options) or 'none'}")
+
+  def convert_state(self, state: Mapping[str, np.ndarray], where: str = "checkpoint",
+                    **options) -> tuple[dict, dict]:
+    """(config, variables) from a flat state dict, every tensor accounted for: raises
+    naming the missing, unused and misshapen ones. Shapes are not checked against the model
+    here (`run` does, by `inference.assemble`)."""
+    self._check_options(options)
+    ledger = Weights(state, where)
+    try:
+      config, variables = self.build(ledger, **options)
+    except Exception:
+      # Missing or misshapen tensors explain a failed build best (unused ones do not: the
+      # build stopped before taking them).
+      ledger.check(unused=False)
+      raise
+    ledger.check()
+    return config, variables
 
 
 def sha256(path: str) -> str:
@@ -112,7 +130,7 @@ class Weights:
   def take(self, name: str, layout: Callable[[np.ndarray], np.ndarray] | None = None, *,
            shape: tuple[int, ...] | None = None, dtype=np.float32) -> np.ndarray | None:
     """The tensor `name` (checked against `shape` if given, before `layout`), in `layout`
-    (e.g. `conv`, `linear`); None when missing (reported by `check`)."""
+    (e.g. `conv`, `linear`); None when missing or misshapen (both reported by `check`)."""
     if name not in self.arrays:
       self.missing.append(name)
       return None
@@ -120,8 +138,25 @@ class Weights:
     value = np.asarray(self.arrays[name])
     if shape is not None and tuple(value.shape) != tuple(shape):
       self.misshapen.append(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    value = value.astype(dtype)
+      return None
+    # copy=False: a float32 tensor (or a zero-stride stand-in for one, see `abstract`) stays
+    # a view, so converting a multi-GB manifest checks its shapes without allocating them.
+    value = value.astype(dtype, copy=False)
     return layout(value) if layout is not None else value
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    """The shape of tensor `name`, to read a model's sizes from (does not take it)."""
+    if name not in self.arrays:
+      raise ValueError(f"{self.where} has no tensor {name!r}, which the converter reads the "
+                       f"model's sizes from; its first names: {self.keys()[:6]}")
+    return tuple(np.shape(self.arrays[name]))
+
+  def count(self, pattern: str) -> int:
+    """How many consecutive indices i = 0, 1, ... have a tensor `pattern.format(i)`."""
+    i = 0
+    while pattern.format(i) in self.arrays:
+      i += 1
+    return i
 
   def ignore(self, *patterns: str) -> list[str]:
     """Marks the tensors matching these glob patterns as knowingly dropped (buffers such as
@@ -130,8 +165,9 @@ class Weights:
     self.used.update(names)
     return names
 
-  def check(self) -> None:
-    unused = sorted(set(self.arrays) - self.used)
+  def check(self, *, unused: bool = True) -> None:
+    """Raises ValueError naming every missing, misshapen and (if `unused`) unused tensor."""
+    unused = sorted(set(self.arrays) - self.used) if unused else []
     problems = []
     for label, names in (("missing", self.missing), ("unused (not in the jaxtok model)", unused),
                          ("misshapen", self.misshapen)):
@@ -140,6 +176,25 @@ class Weights:
         problems.append(f"{len(names)} {label}: {', '.join(names[:12])}{more}")
     if problems:
       raise ValueError(f"{self.where} does not fit: " + "; ".join(problems))
+
+
+def abstract(tensors: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
+  """A state dict of zero-stride stand-ins {name: zeros of (shape, dtype)}, no memory held:
+  what a manifest (tensor names, shapes and dtypes of a released file) converts through
+  `Source.build` to check every name and shape without the file."""
+  return {name: np.broadcast_to(np.zeros((), np.dtype(dtype)), tuple(shape))
+          for name, (shape, dtype) in tensors.items()}
+
+
+def stack(arrays: list[np.ndarray]) -> np.ndarray:
+  """np.stack, except that equal constant stand-ins (zero-stride views of one value, see
+  `abstract`) stack into a view again instead of a materialised copy."""
+  first = arrays[0]
+  if (first.size and not any(first.strides)
+      and all(a.shape == first.shape and a.size and not any(a.strides)
+              and a.flat[0] == first.flat[0] for a in arrays)):
+    return np.broadcast_to(first.flat[0], (len(arrays), *first.shape))
+  return np.stack(arrays)
 
 
 # PyTorch -> Flax layouts.
