@@ -107,13 +107,17 @@ class GPT(Presets, nn.Module):
     table holds zeros (not the identity) for them, and exact conversion needs the same.
   """
 
-  # LlamaGen's class-conditional sizes (its parameter counts with 16384 codes, 1000 classes).
+  # LlamaGen's class-conditional sizes and its parameter counts with 16384 codes and 1000
+  # classes + the null class, counted from the authors' gpt.py built on torch's meta device
+  # (tools/fixtures/llamagen.py; tests/convert/test_llamagen.py checks them).
   PRESETS = {
-      "GPT-B": dict(width=768, depth=12, num_heads=12),  # 111 M
-      "GPT-L": dict(width=1024, depth=24, num_heads=16),  # 343 M
-      "GPT-XL": dict(width=1280, depth=36, num_heads=20),  # 775 M
-      "GPT-XXL": dict(width=1536, depth=48, num_heads=24),  # 1.4 B
-      "GPT-XXXL": dict(width=2560, depth=48, num_heads=40),  # 3.9 B
+      "GPT-B": dict(width=768, depth=12, num_heads=12),  # 110,888,448
+      "GPT-L": dict(width=1024, depth=24, num_heads=16),  # 342,910,976
+      "GPT-XL": dict(width=1280, depth=36, num_heads=20),  # 774,699,520
+      "GPT-XXL": dict(width=1536, depth=48, num_heads=24),  # 1,410,972,672
+      "GPT-XXXL": dict(width=2560, depth=48, num_heads=40),  # 3.9 B (no released weights)
+      # SwiGLU width round_up(int(8 * 3200 / 3), 256) = 8704; head dim 100.
+      "GPT-3B": dict(width=3200, depth=24, num_heads=32),  # 3,096,659,200
   }
 
   codebook_size: int  # K, the tokenizer's number of codes
