@@ -151,12 +151,13 @@ class Weights:
                        f"model's sizes from; its first names: {self.keys()[:6]}")
     return tuple(np.shape(self.arrays[name]))
 
-  def count(self, pattern: str) -> int:
-    """How many consecutive indices i = 0, 1, ... have a tensor `pattern.format(i)`."""
-    i = 0
-    while pattern.format(i) in self.arrays:
-      i += 1
-    return i
+  def num_indexed(self, prefix: str) -> int:
+    """1 + the largest i of the names `prefix` + "i." ... (0 if none): the length of a
+    PyTorch ModuleList, e.g. num_indexed("layers.") -> depth. Any tensor of an entry counts,
+    so an entry that lacks some tensor is reported missing by `check`, not left unused."""
+    found = [rest.split(".", 1)[0] for k in self.arrays if k.startswith(prefix)
+             for rest in [k[len(prefix):]]]
+    return 1 + max((int(i) for i in found if i.isdigit()), default=-1)
 
   def ignore(self, *patterns: str) -> list[str]:
     """Marks the tensors matching these glob patterns as knowingly dropped (buffers such as
