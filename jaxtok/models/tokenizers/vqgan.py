@@ -39,6 +39,7 @@ class VQGANConfig:
   # 1x1 quant_conv / post_quant_conv around the quantizer. False (MaskGIT): the encoder emits
   # quantizer.input_dim channels and the decoder takes quantizer.code_dim; z_channels unused.
   quant_conv: bool = True
+  quant_conv_kernel: int = 1  # kernel of quant_conv / post_quant_conv (VAR's VQVAE: 3)
   encoder_out_kernel: int = 3  # kernel of encoder.conv_out (MaskGIT: 1)
   conv_bias: bool = True  # biases in ResnetBlock convs and encoder.conv_in (MaskGIT: none)
   shortcut_from_output: bool = False  # MaskGIT's ResBlock quirk, see layers.conv.ResnetBlock
@@ -189,8 +190,9 @@ class VQGAN(Presets, GridTokenizer):
     self.encoder = Encoder(cfg, latent_out, dtype=self.dtype)
     if cfg.quant_conv:
       # The quantizer's side is thin (a few channels): replicated, never split by the mesh.
-      self.quant_conv = conv2d(self.quantizer.input_dim, 1, dtype=self.dtype, out_axis=None)
-      self.post_quant_conv = conv2d(cfg.z_channels, 1, dtype=self.dtype, in_axis=None)
+      k = cfg.quant_conv_kernel
+      self.quant_conv = conv2d(self.quantizer.input_dim, k, dtype=self.dtype, out_axis=None)
+      self.post_quant_conv = conv2d(cfg.z_channels, k, dtype=self.dtype, in_axis=None)
     self.decoder = Decoder(cfg, dtype=self.dtype)
 
   @property
