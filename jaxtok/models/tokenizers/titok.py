@@ -37,6 +37,7 @@ TITOK_SIZES = {
 CODEBOOK = dict(codebook_size=4096, code_dim=12)
 
 _LN_EPS = 1e-5  # PyTorch nn.LayerNorm's default, as in the reference
+PIXEL_RANGES = ("symmetric", "unit")
 
 
 def _stack(size: ViTSize, dtype, scan_layers: bool, implementation) -> Transformer:
@@ -55,6 +56,9 @@ class TiTokEncoder(nn.Module):
   grid: int  # h = w = image_size // patch_size
   num_latent_tokens: int  # K
   out_dim: int  # D, the quantizer's input_dim
+  # The released two-stage checkpoints (1d-tokenizer `is_legacy: True`) reshape the K x E
+  # latent outputs to E x K without a transpose before conv_out; True reproduces that.
+  legacy_token_layout: bool = False
   dtype: jnp.dtype = jnp.float32
   scan_layers: bool = True
   attention_implementation: Implementation = None
@@ -77,17 +81,22 @@ class TiTokEncoder(nn.Module):
     x = jnp.concatenate([x, latents], axis=1)  # [B, 1 + T + K, E]
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=jnp.float32, name="ln_pre")(x)
     x = _stack(self.size, self.dtype, self.scan_layers, self.attention_implementation)(x)
-    z_BKD = dense(self.out_dim, "conv_out", self.dtype, ("embed", None))(x[:, 1 + t:])
+    latents_BKE = x[:, 1 + t:]
+    if self.legacy_token_layout:  # token k reads flat[e * K + k] of the row-major K x E block
+      latents_BKE = latents_BKE.reshape(b, width, k).transpose(0, 2, 1)
+    z_BKD = dense(self.out_dim, "conv_out", self.dtype, ("embed", None))(latents_BKE)
     return z_BKD.astype(jnp.float32)
 
 
 class TiTokDecoder(nn.Module):
-  """Codes [B, k, Q] (k <= K) and a keep mask [B, K] -> images [B, H, W, 3] f32."""
+  """Codes [B, k, Q] (k <= K) and a keep mask [B, K] -> images [B, H, W, 3] f32, or, with
+  `code_classes` V, logits [B, h, w, V] over a pixel tokenizer's codes (two-stage TiTok)."""
 
   size: ViTSize
   patch_size: int
   grid: int
   num_latent_tokens: int
+  code_classes: int | None = None  # V: predict V-way code logits per patch instead of pixels
   dtype: jnp.dtype = jnp.float32
   scan_layers: bool = True
   attention_implementation: Implementation = None
@@ -115,6 +124,10 @@ class TiTokDecoder(nn.Module):
     x = jnp.concatenate([queries, tokens_BKE + latent_pos[None]], axis=1)  # [B, 1 + T + K, E]
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=jnp.float32, name="ln_pre")(x)
     x = _stack(self.size, self.dtype, self.scan_layers, self.attention_implementation)(x)
+    if self.code_classes is not None:  # the reference's 1x1 convs W -> 2W, tanh, 2W -> V
+      h = jnp.tanh(dense(2 * width, "ffn_hidden", self.dtype)(x[:, 1:1 + t]))
+      logits_BTV = dense(self.code_classes, "ffn_out", self.dtype, ("mlp", None))(h)
+      return logits_BTV.astype(jnp.float32).reshape(b, self.grid, self.grid, -1)
     pixels_BTP = dense(self.patch_size**2 * 3, "ffn", self.dtype, ("embed", None))(x[:, 1:1 + t])
     pixels_BhwP = pixels_BTP.astype(jnp.float32).reshape(b, self.grid, self.grid, -1)
     image = unpatchify(pixels_BhwP, self.patch_size)
@@ -159,6 +172,10 @@ class TiTok(Presets, Tokenizer):
   encoder_size: str | ViTSize = "large"  # name in TITOK_SIZES, or a ViTSize
   decoder_size: str | ViTSize = "large"
   prefix_dropout_min_tokens: int | None = None  # None: off; else train on prefixes k >= this
+  # "unit": the network's own pixels are in [0, 1] (the released checkpoints); images in and
+  # out of the API stay in [-1, 1], mapped at the edges. "symmetric": [-1, 1] throughout.
+  pixel_range: str = "symmetric"
+  legacy_token_layout: bool = False  # see TiTokEncoder (the released two-stage checkpoints)
   dtype: jnp.dtype = jnp.float32  # compute dtype of the transformers (params stay f32)
   scan_layers: bool = True
   attention_implementation: Implementation = None
@@ -167,6 +184,8 @@ class TiTok(Presets, Tokenizer):
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} must be divisible by patch_size "
                        f"{self.patch_size}")
+    if self.pixel_range not in PIXEL_RANGES:
+      raise ValueError(f"pixel_range must be one of {PIXEL_RANGES}; got {self.pixel_range!r}")
     min_tokens = self.prefix_dropout_min_tokens
     if min_tokens is not None and not 1 <= min_tokens <= self.num_latent_tokens:
       raise ValueError(f"prefix_dropout_min_tokens must be in [1, {self.num_latent_tokens}] "
@@ -176,8 +195,13 @@ class TiTok(Presets, Tokenizer):
                   scan_layers=self.scan_layers,
                   attention_implementation=self.attention_implementation)
     self.encoder = TiTokEncoder(size=resolve_size(self.encoder_size, TITOK_SIZES),
-                                out_dim=self.quantizer.input_dim, **common)
-    self.decoder = TiTokDecoder(size=resolve_size(self.decoder_size, TITOK_SIZES), **common)
+                                out_dim=self.quantizer.input_dim,
+                                legacy_token_layout=self.legacy_token_layout, **common)
+    self.decoder = TiTokDecoder(size=resolve_size(self.decoder_size, TITOK_SIZES),
+                                code_classes=self._code_classes(), **common)
+
+  def _code_classes(self) -> int | None:
+    return None  # the single-stage decoder predicts pixels
 
   # -- Tokenizer API ----------------------------------------------------------------------
 
@@ -207,7 +231,7 @@ class TiTok(Presets, Tokenizer):
     if latents.ndim != 3 or latents.shape[-1] != code_dim or not 1 <= latents.shape[1] <= k_max:
       raise ValueError(f"latents must be [B, k, {code_dim}] with 1 <= k <= {k_max}; "
                        f"got shape {latents.shape}")
-    return self.decoder(latents)
+    return self._images(latents)
 
   def __call__(self, images: jax.Array, *, train: bool = False) -> TokenizerOutput:
     quantized = self.quantizer(self._encode_z(images), train=train)
@@ -216,14 +240,19 @@ class TiTok(Presets, Tokenizer):
       b = quantized.quantized.shape[0]
       keep_BK = prefix_keep_mask(self.make_rng("dropout"), b, self.num_latent_tokens,
                                  self.prefix_dropout_min_tokens)
-    return TokenizerOutput(self.decoder(quantized.quantized, keep_BK), quantized)
+    return TokenizerOutput(self._images(quantized.quantized, keep_BK), quantized)
 
   # -- internals --------------------------------------------------------------------------
 
   def _encode_z(self, images: jax.Array) -> jax.Array:
-    x = prepare_images(images, factor=self.patch_size, channels=3)
+    x = prepare_images(images, factor=self.patch_size, channels=3).astype(jnp.float32)
     self._check_image_size(x.shape[1:3], x.shape)
-    return self.encoder(x.astype(jnp.float32))
+    return self.encoder((x + 1.0) * 0.5 if self.pixel_range == "unit" else x)
+
+  def _images(self, codes_BkQ: jax.Array, keep_BK: jax.Array | None = None) -> jax.Array:
+    """Decoder output in the API's [-1, 1] range."""
+    images = self.decoder(codes_BkQ, keep_BK)
+    return images * 2.0 - 1.0 if self.pixel_range == "unit" else images
 
   def _check_image_size(self, hw: Sequence[int], shape) -> None:
     if tuple(hw) != (self.image_size, self.image_size):

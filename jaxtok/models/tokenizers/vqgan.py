@@ -46,6 +46,9 @@ class VQGANConfig:
   downsample: Literal["conv", "avgpool"] = "conv"  # encoder resampling (MaskGIT: avgpool)
   in_channels: int = 3  # image channels in
   out_channels: int = 3  # image channels out
+  # "unit": the network's own pixels are in [0, 1] (MaskGIT's released weights); the API stays
+  # in [-1, 1], mapped at the edges. "symmetric": [-1, 1] throughout.
+  pixel_range: Literal["symmetric", "unit"] = "symmetric"
 
   @property
   def downsample_factor(self) -> int:
@@ -183,6 +186,9 @@ class VQGAN(Presets, GridTokenizer):
   def setup(self):
     cfg = self.config
     widths = [cfg.ch * m for m in cfg.ch_mult]
+    if cfg.pixel_range not in ("symmetric", "unit"):
+      raise ValueError(f"config.pixel_range must be 'symmetric' or 'unit'; got "
+                       f"{cfg.pixel_range!r}")
     if any(w % 32 for w in widths):
       raise ValueError(f"every level width ch * ch_mult must be divisible by 32 (GroupNorm "
                        f"groups); got ch={cfg.ch}, ch_mult={cfg.ch_mult} -> {widths}")
@@ -203,6 +209,8 @@ class VQGAN(Presets, GridTokenizer):
     """Checked images -> f32 latents z [B, h, w, D] for the quantizer."""
     x_BHWC = prepare_images(images, factor=self.downsample_factor,
                             channels=self.config.in_channels)
+    if self.config.pixel_range == "unit":
+      x_BHWC = (x_BHWC.astype(jnp.float32) + 1.0) * 0.5
     z = self.encoder(x_BHWC.astype(self.dtype))
     if self.config.quant_conv:
       z = self.quant_conv(z)
@@ -213,4 +221,6 @@ class VQGAN(Presets, GridTokenizer):
     h = codes_BhwE.astype(self.dtype)
     if self.config.quant_conv:
       h = self.post_quant_conv(h)
+    if self.config.pixel_range == "unit":
+      return self.decoder(h).astype(jnp.float32) * 2.0 - 1.0
     return self.decoder(h)
