@@ -188,3 +188,29 @@ def _leaves(tree):
   if isinstance(tree, dict):
     return [leaf for v in tree.values() for leaf in _leaves(v)]
   return [tree]
+
+
+def test_buffers_of_a_gpt_saved_after_sampling_are_dropped(exports):
+  state = common.state_dict(weights.read_object(GPT_FILE))
+  state.update({"freqs_cis": np.zeros((17, 8, 2)), "causal_mask": np.ones((2, 24, 24), bool),
+                "layers.0.attention.kv_cache.k_cache": np.zeros((2, 2, 24, 16))})
+  config, _ = convert.sources()["llamagen-gpt-b-256"].convert_state(
+      state, image_size=8, num_heads=2, tokenizer=exports["vq"])
+  assert config["model"]["depth"] == 2
+
+
+@pytest.mark.parametrize("gpt, size", [("llamagen-gpt-b-256", 256),
+                                       ("llamagen-gpt-xxl-384", 384)])
+def test_released_gpts_pair_with_the_released_vq16_at_their_size(gpt, size):
+  """A GPT's tokenizer entry is the config `jaxtok convert --from llamagen-vq16` writes at
+  the GPT's image size, so `jaxtok sample` accepts that pair (and refuses others)."""
+  def converted(source, **options):
+    manifest = json.loads((FIXTURES / "manifests" / f"{source}.json").read_text())
+    return convert.sources()[source].convert_state(common.abstract(manifest["tensors"]),
+                                                   **options)[0]
+
+  vq = converted("llamagen-vq16", image_size=size)
+  trained_on = converted(gpt)["tokenizer"]
+  assert inference.tokenizer_fingerprint(trained_on) == inference.tokenizer_fingerprint(vq)
+  other = converted("llamagen-vq16", image_size=640 - size)
+  assert inference.tokenizer_fingerprint(trained_on) != inference.tokenizer_fingerprint(other)
