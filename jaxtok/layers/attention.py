@@ -198,8 +198,8 @@ class Attention(nn.Module):
     return self.project_out(out_BTNH)
 
   def decode(self, x_BTE: jax.Array, cache: KVCache, index: jax.Array, *,
-             positions: jax.Array | None = None,
-             zero_qk: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+             positions: jax.Array | None = None, zero_qk: jax.Array | None = None,
+             layer: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
     """Causal attention of T new tokens at positions index .. index+T-1 over a KV cache.
 
     Writes the new keys and values into `cache` ([B, S, N, H] each) at `index` (a scalar,
@@ -207,17 +207,26 @@ class Attention(nn.Module):
     attend to cached positions <= index + t; positions later than that (not yet written)
     are masked. T = 1 is one decoding step; T > 1 fills a prompt ("prefill"). Equals the
     causal `__call__` on the whole sequence. 1D RoPE positions default to index + arange(T).
+    With `layer` (a scalar), `cache` is a whole stack's [L, B, S, N, H] and only this layer's
+    new rows are written, in place: a layer stack passes one buffer through its layers
+    instead of copying every layer's cache in and out (a decoding step is bound by reading
+    the cache, so a copy of it would double the step's memory traffic).
     Returns the output [B, T, features] and the updated cache.
     """
-    num_queries, max_length = x_BTE.shape[1], cache.k.shape[1]
+    num_queries, max_length = x_BTE.shape[1], cache.k.shape[-3]
     if self.rope == "1d" and positions is None:
       positions = index + jnp.arange(num_queries)
     q_BTNH, k_BTNH, v_BTNH = self.project_qkv(x_BTE, positions, zero_qk)
-    start = (0, index, 0, 0)
+    if layer is None:
+      start, rows = (0, index, 0, 0), lambda a: a
+    else:  # the new rows of this layer only; the attention reads this layer's slice
+      start = (layer, 0, index, 0, 0)
+      k_BTNH, v_BTNH = k_BTNH[None], v_BTNH[None]
+      rows = lambda a: jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False)  # noqa: E731
     cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k_BTNH.astype(cache.k.dtype), start),
                     jax.lax.dynamic_update_slice(cache.v, v_BTNH.astype(cache.v.dtype), start))
     mask_11TS = decode_mask(index, num_queries, max_length)[None, None]
     out_BTNH = dot_product_attention(
-        q_BTNH, cache.k.astype(q_BTNH.dtype), cache.v.astype(q_BTNH.dtype), mask=mask_11TS,
-        implementation=self.implementation)
+        q_BTNH, rows(cache.k).astype(q_BTNH.dtype), rows(cache.v).astype(q_BTNH.dtype),
+        mask=mask_11TS, implementation=self.implementation)
     return self.project_out(out_BTNH), cache

@@ -91,11 +91,12 @@ class TransformerBlock(nn.Module):
   def __call__(self, x_BTE: jax.Array, positions: jax.Array | None = None,
                mask: jax.Array | None = None, deterministic: bool = True,
                zero_qk: jax.Array | None = None, cache: KVCache | None = None,
-               cache_index: jax.Array | None = None):
+               cache_index: jax.Array | None = None, cache_layer: jax.Array | None = None):
     """x [B, T, E] -> [B, T, E]; with `cache` ([B, S, N, H]) -> (x, updated cache).
 
     zero_qk: see Attention.project_qkv. With a cache, `mask` must be None (the cache's
-    causal mask is used) and `cache_index` is the number of tokens already in it.
+    causal mask is used) and `cache_index` is the number of tokens already in it;
+    cache_layer: this block's layer in a stacked [L, B, S, N, H] cache (Attention.decode).
     """
     width = x_BTE.shape[-1]
     if self.head_dim is None and width % self.num_heads:
@@ -114,7 +115,7 @@ class TransformerBlock(nn.Module):
       if mask is not None or cache_index is None:
         raise ValueError("decoding with a cache needs cache_index and takes no mask")
       h_BTE, cache = attn.decode(h_BTE, cache, cache_index, positions=positions,
-                                 zero_qk=zero_qk)
+                                 zero_qk=zero_qk, layer=cache_layer)
     h_BTE = nn.Dropout(self.dropout_rate)(h_BTE, deterministic=deterministic)
     x_BTE = x_BTE + h_BTE.astype(x_BTE.dtype)
 
@@ -134,11 +135,16 @@ class _ScannedBlock(TransformerBlock):
 
 
 class _ScannedDecodeBlock(TransformerBlock):
-  """The decoding block as an `nn.scan` body: each layer's cache is a scanned input/output."""
+  """The decoding block as an `nn.scan` body. The whole stacked cache is carried with the
+  layer index and each layer writes its new rows in place: as a scanned input and output
+  instead, every step would copy the whole cache into a new stacked buffer."""
 
-  def __call__(self, x_BTE, cache, positions, zero_qk,  # pylint: disable=arguments-differ
+  def __call__(self, carry, positions, zero_qk,  # pylint: disable=arguments-differ
                cache_index):
-    return super().__call__(x_BTE, positions, None, True, zero_qk, cache, cache_index)
+    x_BTE, cache, layer = carry
+    x_BTE, cache = super().__call__(x_BTE, positions, None, True, zero_qk, cache, cache_index,
+                                    layer)
+    return (x_BTE, cache, layer + 1), None
 
 
 _BLOCK_FIELDS = tuple(
@@ -172,6 +178,10 @@ class Transformer(nn.Module):
   attention_implementation: Implementation = None
   final_norm: bool = True  # a norm after the last block (pre-norm stacks need one somewhere)
   scan_layers: bool = True
+  # Layers per iteration of the scanned loop (True: the whole stack, no loop). Same
+  # parameters and numerics; tools/bench/roofline.py unrolls because XLA's cost analysis
+  # counts a loop body once.
+  scan_unroll: int | bool = 1
 
   @nn.compact
   def __call__(self, x_BTE: jax.Array, *, positions: jax.Array | None = None,
@@ -196,7 +206,7 @@ class Transformer(nn.Module):
       stack = nn.scan(
           _ScannedBlock, variable_axes={"params": 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast,) * 4, length=self.num_layers,
+          in_axes=(nn.broadcast,) * 4, length=self.num_layers, unroll=self.scan_unroll,
           metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTE, _ = stack(**block_kwargs, name="layers")(
           x_BTE, positions, mask, deterministic, zero_qk)
@@ -219,13 +229,12 @@ class Transformer(nn.Module):
     if self.scan_layers:
       stack = nn.scan(
           _ScannedDecodeBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers,
+          in_axes=(nn.broadcast,) * 3, length=self.num_layers, unroll=self.scan_unroll,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      return stack(**block_kwargs, name="layers")(
-          x_BTE, cache, positions, zero_qk, cache_index)
+      (x_BTE, cache, _), _ = stack(**block_kwargs, name="layers")(
+          (x_BTE, cache, jnp.zeros((), jnp.int32)), positions, zero_qk, cache_index)
+      return x_BTE, cache
     for i in range(self.num_layers):
-      layer_cache = jax.tree.map(lambda a, i=i: a[i], cache)
-      x_BTE, layer_cache = TransformerBlock(**block_kwargs, name=f"layer_{i}")(
-          x_BTE, positions, None, True, zero_qk, layer_cache, cache_index)
-      cache = jax.tree.map(lambda a, u, i=i: a.at[i].set(u), cache, layer_cache)
+      x_BTE, cache = TransformerBlock(**block_kwargs, name=f"layer_{i}")(
+          x_BTE, positions, None, True, zero_qk, cache, cache_index, i)
     return x_BTE, cache

@@ -137,6 +137,7 @@ class GPT(Presets, nn.Module):
   resid_dropout: float = 0.1  # dropout on both residual branches of every block
   dtype: jnp.dtype = jnp.float32  # compute dtype; params and the residual stream stay f32
   scan_layers: bool = True
+  scan_unroll: int | bool = 1  # see Transformer.scan_unroll
   attention_implementation: Implementation = None
 
   @property
@@ -175,7 +176,7 @@ class GPT(Presets, nn.Module):
         norm_epsilon=self.norm_epsilon, mlp_activation="swiglu", use_bias=False, causal=True,
         rope=rope, rope_theta=self.rope_theta, dropout_rate=self.resid_dropout,
         dtype=self.dtype, attention_implementation=self.attention_implementation,
-        scan_layers=self.scan_layers)
+        scan_layers=self.scan_layers, scan_unroll=self.scan_unroll)
     self.head = nn.Dense(
         self.codebook_size, use_bias=False, dtype=self.dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
@@ -325,6 +326,24 @@ class GPT(Presets, nn.Module):
     return tokens
 
 
+def _draw(config: sampling.SamplingConfig, num_tokens: int, rng, step, logits) -> jax.Array:
+  """Token `step` from the [cond; uncond] logits: guidance, then a draw keyed fold_in(rng, step)."""
+  guided = sampling.guided_logits(logits, step, num_tokens, config)
+  return sampling.sample_logits(jax.random.fold_in(rng, step), guided, config)
+
+
+def sample_step(model: GPT, config: sampling.SamplingConfig, variables, rng, step,
+                tokens_BT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+  """One iteration of the sampling loop: feeds token `step`, draws token step + 1 into
+  tokens_BT [B, T]. Public so that tools/bench/roofline.py can compile the loop body alone."""
+  token_B = tokens_BT[:, step]
+  if config.guidance:
+    token_B = jnp.concatenate([token_B, token_B])
+  logits, cache = model.apply(variables, token_B, step, cache, method=GPT.decode_step)
+  token_B = _draw(config, model.num_tokens, rng, step + 1, logits)
+  return jax.lax.dynamic_update_slice(tokens_BT, token_B[:, None], (0, step + 1)), cache
+
+
 @functools.partial(jax.jit, static_argnames=("model", "config"), donate_argnames=("cache",))
 def _sample(model: GPT, config: sampling.SamplingConfig, variables, cache: KVCache,
             labels_B, drop_B, prefix_BPC, rng) -> tuple[jax.Array, KVCache]:
@@ -333,24 +352,13 @@ def _sample(model: GPT, config: sampling.SamplingConfig, variables, cache: KVCac
   place of the donated input buffer instead of allocating a second one."""
   num_tokens = model.num_tokens
   batch = labels_B.shape[0] // (2 if config.guidance else 1)
-
-  def draw(step, logits):
-    guided = sampling.guided_logits(logits, step, num_tokens, config)
-    return sampling.sample_logits(jax.random.fold_in(rng, step), guided, config)
-
   logits, cache = model.apply(variables, labels_B, prefix_BPC, drop_B, cache,
                               method=GPT.prefill)
-  tokens_BT = jnp.zeros((batch, num_tokens), jnp.int32).at[:, 0].set(draw(0, logits))
+  tokens_BT = jnp.zeros((batch, num_tokens), jnp.int32).at[:, 0].set(
+      _draw(config, num_tokens, rng, 0, logits))
 
   def body(step, carry):
-    tokens_BT, cache = carry
-    token_B = tokens_BT[:, step]
-    if config.guidance:
-      token_B = jnp.concatenate([token_B, token_B])
-    logits, cache = model.apply(variables, token_B, step, cache, method=GPT.decode_step)
-    tokens_BT = jax.lax.dynamic_update_slice(tokens_BT, draw(step + 1, logits)[:, None],
-                                             (0, step + 1))
-    return tokens_BT, cache
+    return sample_step(model, config, variables, rng, step, *carry)
 
   tokens_BT, cache = jax.lax.fori_loop(0, num_tokens - 1, body, (tokens_BT, cache))
   return tokens_BT.reshape(batch, *model.token_shape), cache
