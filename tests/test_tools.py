@@ -86,3 +86,23 @@ def test_train_step_bench_cpu_mode_prints_a_row_and_writes_results(tmp_path):
   data = json.loads(out.with_suffix(".json").read_text())
   assert data["device"].startswith("cpu") and data["jax"]
   assert [r["case"] for r in data["rows"]] == ["tokenizer-l1"]
+
+
+def test_roofline_tiny_prints_xla_and_ideal_costs_and_writes_a_section(tmp_path):
+  out = tmp_path / "roofline.md"
+  out.write_text("# Roofline\n\n## before\n\nold table\n\n## notes\n\nkept\n")
+  result = run(ROOT / "tools" / "bench" / "roofline.py", "--tiny", "--only", "gpt_decode",
+               "--out", str(out), "--section", "before")
+  assert result.returncode == 0, result.stderr
+  rows = [line for line in result.stdout.splitlines() if line.startswith("| GPT decode step |")]
+  assert len(rows) == 1, result.stdout
+  cells = [c.strip() for c in rows[0].strip("|").split("|")]
+  xla_flops, ideal_flops, xla_bytes, ideal_bytes = map(float, (cells[2], cells[3], cells[5],
+                                                               cells[6]))
+  # The ideal counts only matmul FLOPs: XLA's figure (elementwise work too) is at least it.
+  assert float(cells[4]) >= 0.99 and float(cells[7]) > 0 and ideal_bytes > 0
+  assert xla_bytes >= ideal_bytes and xla_flops >= ideal_flops
+  assert cells[11] == "ok" or cells[11].startswith("waste:")
+  text = out.read_text()
+  assert "old table" not in text and rows[0].rsplit("[", 1)[0].rstrip() in text  # replaced
+  assert text.index("## before") < text.index("## notes") and "kept" in text
