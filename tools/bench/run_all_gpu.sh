@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs every benchmark of tools/bench/ on one GPU and writes benchmarks/results/*_<tag>.md
+# (each table names the device, the JAX version and the date). About 5-8 minutes on an H100,
+# most of it compiling; each benchmark has its own time limit and a failure does not stop the
+# others (the summary at the end lists them).
+#
+#   tools/bench/run_all_gpu.sh [TAG]         # TAG names the files (default: h100)
+#
+# The benchmark machine has jax, flax, optax, orbax and chex but not grain or ml-collections,
+# which jaxtok's trainer and configs import. Bring their wheels in .whl/ (ignored by git);
+# this script installs whatever .whl/ holds into /tmp/site first, without the network:
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl grain ml-collections array-record dm-tree etils cloudpickle
+#
+# Each run prints the device; compare figures only between runs on the same kind of GPU.
+set -u
+cd "$(dirname "$0")/../.."
+TAG="${1:-h100}"
+PY="${PYTHON:-python3}"
+OUT=benchmarks/results
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+"$PY" -c "import jax; print(jax.devices()[0].device_kind, 'jax', jax.__version__)" || exit 1
+
+failed=()
+run() {  # run LIMIT_SECONDS NAME COMMAND...: one benchmark in its own process
+  local limit=$1 name=$2
+  shift 2
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  if ! timeout "$limit" "$@"; then
+    failed+=("$name")
+  fi
+  echo "=== $name: $((SECONDS - t0)) s"
+}
+
+# One process per case where the table reports the device's peak memory (peak since start).
+run 120 nearest_code "$PY" tools/bench/nearest_code.py --out "$OUT/nearest_code_$TAG.md"
+run 150 tokenizer_full "$PY" tools/bench/train_step.py --only tokenizer-full \
+  --batches 32 64 96 --out "$OUT/train_tokenizer_full_$TAG.md"
+run 90 tokenizer_l1 "$PY" tools/bench/train_step.py --only tokenizer-l1 --batches 32 \
+  --out "$OUT/train_tokenizer_l1_$TAG.md"
+run 60 encode "$PY" tools/bench/train_step.py --only encode --encode-batches 32 \
+  --out "$OUT/encode_$TAG.md"
+run 90 gpt "$PY" tools/bench/train_step.py --only gpt --gpt-batches 64 256 \
+  --out "$OUT/train_gpt_$TAG.md"
+run 120 sampling "$PY" tools/bench/sampling.py --batches 64 256 --cfg-scale 2.0 \
+  --out "$OUT/sampling_$TAG.md"
+# Compile-only: XLA's GPU cost and memory analyses of the same programs.
+run 240 roofline "$PY" tools/bench/roofline.py --out "$OUT/roofline.md" \
+  --section "compiled for the GPU ($TAG)"
+
+if ((${#failed[@]})); then
+  echo "failed or timed out: ${failed[*]}"
+  exit 1
+fi
+echo "all benchmarks written to $OUT/"
