@@ -5,7 +5,8 @@ import importlib
 import os
 
 # config.trainer -> the module whose train(config, workdir) runs it.
-TRAINERS = {"tokenizer": "tokenizer_trainer", "ar": "ar_trainer", "maskgit": "maskgit_trainer"}
+TRAINERS = {"tokenizer": "tokenizer_trainer", "ar": "ar_trainer", "maskgit": "maskgit_trainer",
+            "rar": "rar_trainer"}
 
 
 def trainer(config):
