@@ -106,6 +106,8 @@ def check_variables(model, variables: dict, kind: str, config) -> None:
   if kind == "tokenizer":
     size = int(config.data.image_size)
     inputs = jnp.zeros((1, size, size, 3), jnp.float32)
+  elif hasattr(model, "example_inputs"):  # VAR reads continuous next-scale inputs
+    inputs = model.example_inputs(1)
   else:
     inputs = jnp.zeros((1, *model.token_shape), jnp.int32)
 
@@ -260,6 +262,10 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
     if not 0 <= class_id < model.num_classes:
       raise ValueError(f"class_id must lie in [0, {model.num_classes}); got {class_id}")
     labels = np.full((num,), class_id, np.int32)
+  if getattr(model, "SAMPLES_WITH_QUANTIZER", False):  # VAR: the quantizer makes its inputs
+    quantizer = tokenizer.model.quantizer
+    options = dict(options, quantizer=quantizer, quantizer_variables={
+        "params": tokenizer.variables["params"]["quantizer"]})
   ids = generator.sample(seed, labels, num_samples=None if labels is not None else num,
                          **options)
   # Checked here, eagerly, for a ValueError: in the jitted decode it could only warn.

@@ -86,6 +86,13 @@ class VAR(Presets, nn.Module):
   dtype: jnp.dtype = jnp.float32  # compute dtype; params and the residual stream stay f32
   attention_implementation: Implementation = None
 
+  # `jaxtok.inference.sample_images` passes the tokenizer's quantizer and its variables.
+  SAMPLES_WITH_QUANTIZER = True
+
+  def example_inputs(self, batch: int) -> jax.Array:
+    """Zero teacher-forcing inputs [batch, L − pn_0², D], e.g. for `init`."""
+    return jnp.zeros((batch, self.num_tokens - self.patch_nums[0] ** 2, self.latent_dim))
+
   @property
   def num_tokens(self) -> int:
     """L, the tokens of all scales."""
