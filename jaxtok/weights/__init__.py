@@ -44,6 +44,17 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   return out
 
 
+def _is_msgpack_map(path: str) -> bool:
+  """A file without a known suffix that starts as a msgpack map: a Flax checkpoint as
+  `flax.training.checkpoints` names them (`checkpoint_<step>`, MaskGIT's
+  `tokenizer_imagenet256_checkpoint`)."""
+  if os.path.splitext(path)[1].lower() in (*TORCH_SUFFIXES, ".safetensors"):
+    return False
+  with open(path, "rb") as f:
+    first = f.read(1)
+  return bool(first) and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF))
+
+
 def read_object(path: str) -> Any:
   """The whole object a checkpoint file holds (wrappers such as {"model": ..., "args": ...}
   kept), tensors as NumPy arrays."""
@@ -52,7 +63,7 @@ def read_object(path: str) -> Any:
   lower = path.lower()
   if lower.endswith(".safetensors"):
     return read_safetensors(path)
-  if lower.endswith(".msgpack"):
+  if lower.endswith(".msgpack") or _is_msgpack_map(path):
     from flax import serialization  # pylint: disable=g-import-not-at-top
 
     with open(path, "rb") as f:
@@ -63,7 +74,8 @@ def read_object(path: str) -> Any:
       return torch_files.script_parameters(obj)  # a TorchScript module
     return obj
   raise ValueError(f"checkpoint {path!r}: unknown file type; expected one of "
-                   f"{[*TORCH_SUFFIXES, '.safetensors', '.msgpack']}")
+                   f"{[*TORCH_SUFFIXES, '.safetensors', '.msgpack']} or a Flax msgpack "
+                   f"checkpoint without a suffix")
 
 
 def flatten(tree: Any, sep: str = ".", prefix: str = "") -> dict[str, np.ndarray]:

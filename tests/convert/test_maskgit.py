@@ -1,0 +1,78 @@
+"""The MaskGIT VQGAN converts exactly: a small VQVAE built by google-research/maskgit's own Flax
+code with random weights (tools/fixtures/maskgit.py), saved as the released extension-less
+msgpack checkpoint, gives the same ids, features and images in jaxtok; the released model's
+names and shapes (Flax, and the PyTorch port 1d-tokenizer ships) convert into the
+"maskgit-f16" preset's variables with its parameter count."""
+
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+import pytest
+
+import jaxtok
+from jaxtok import build, cli, convert, inference, weights
+from jaxtok.convert import common
+
+FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
+CHECKPOINT = FIXTURES / "maskgit" / "tokenizer_imagenet256_checkpoint"
+REF = dict(np.load(FIXTURES / "maskgit" / "outputs.npz"))
+MANIFESTS = [FIXTURES / "manifests" / f"{name}.json"
+             for name in ("maskgit-vqgan", "maskgit-vqgan-torch")]
+TOL = dict(atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  out = tmp_path_factory.mktemp("maskgit") / "export"
+  assert cli.main(["convert", "--from", "maskgit-vqgan", "--checkpoint", str(CHECKPOINT),
+                   "--option", "image_size=8", "--out", str(out)]) == 0
+  return jaxtok.load(str(out))
+
+
+def test_ids_features_and_images_equal_the_authors(tokenizer):
+  images = REF["images"] * 2.0 - 1.0  # jaxtok's range; the export maps to MaskGIT's [0, 1]
+  np.testing.assert_array_equal(np.asarray(tokenizer.encode(images)), REF["indices"])
+  features = tokenizer.model.apply(tokenizer.variables, images,
+                                   method=lambda m, x: m._latents(x))  # pylint: disable=protected-access
+  np.testing.assert_allclose(np.asarray(features), REF["features"], **TOL)
+  assert np.abs(REF["decoded"]).max() > 1
+  np.testing.assert_allclose((np.asarray(tokenizer.decode(REF["indices"])) + 1) / 2,
+                             REF["decoded"], **TOL)
+  np.testing.assert_allclose((np.asarray(tokenizer.reconstruct(images)) + 1) / 2,
+                             REF["reconstruction"], **TOL)
+  assert tokenizer.config.model.preset == "maskgit-f16"
+  assert dict(tokenizer.config.model.config) == {
+      "ch": 32, "ch_mult": [1, 1], "pixel_range": "unit"}
+
+
+def test_an_extensionless_flax_checkpoint_reads_as_msgpack(tmp_path):
+  state = common.state_dict(weights.read_object(str(CHECKPOINT)))
+  assert state["quantizer/codebook"].shape == (64, 16)
+  other = tmp_path / "checkpoint_7"
+  other.write_bytes(b"PK\x03\x04 not msgpack")
+  with pytest.raises(ValueError, match="unknown file type"):
+    weights.read_object(str(other))
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
+def test_the_release_converts_to_the_preset(path):
+  manifest = json.loads(path.read_text())
+  source = convert.sources()[manifest["source"]]
+  assert source.files == (manifest["file"],)
+  config, variables = source.convert_state(common.abstract(manifest["tensors"]),
+                                           manifest["file"])
+  assert config["model"] == {"name": "vqgan.VQGAN", "preset": "maskgit-f16",
+                             "config": {"pixel_range": "unit"}}
+  config = ml_collections.ConfigDict(config)
+  inference.check_variables(build.model(config, "float32"), variables, "tokenizer", config)
+  leaves = _leaves(variables["params"])
+  assert sum(int(np.prod(v.shape)) for v in leaves) == manifest["parameters"] == 54_515_587
+  assert all(not any(v.strides) for v in leaves)  # nothing was materialised
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    return [leaf for v in tree.values() for leaf in _leaves(v)]
+  return [tree]
