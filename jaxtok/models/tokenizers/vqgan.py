@@ -174,6 +174,9 @@ class VQGAN(Presets, GridTokenizer):
       "maskgit-f16": {"config": VQGANConfig(
           decoder_res_blocks=2, attention=False, quant_conv=False, encoder_out_kernel=1,
           conv_bias=False, shortcut_from_output=True, downsample="avgpool")},
+      # taming-transformers VQGAN ImageNet f16 (Esser et al. 2021): LlamaGen's network, with
+      # VQ 1024 or 16384 x 256 (not normalized); 72,141,699 / 76,073,859 params.
+      "taming-f16": {"config": VQGANConfig()},
       # For tests and CPU demos: f2 (two levels), about 0.6 M params.
       "tiny": {"config": VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
                                      decoder_res_blocks=1, z_channels=32)},
