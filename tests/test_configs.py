@@ -78,8 +78,9 @@ def test_config_has_every_trainer_field_and_builds(path, arg):
     assert keys == reference[section], f"{section}: {keys ^ reference[section]}"
   if trainer != "tokenizer":
     model = build.model(config)
-    jax.eval_shape(model.init, state_lib.make_key(0),
-                   jnp.zeros((1, *model.token_shape), jnp.int32))
+    inputs = (model.example_inputs(1) if hasattr(model, "example_inputs")  # VAR
+              else jnp.zeros((1, *model.token_shape), jnp.int32))
+    jax.eval_shape(model.init, state_lib.make_key(0), inputs)
     return
   parts = tokenizer_trainer.build_parts(config)
   size = config.data.image_size

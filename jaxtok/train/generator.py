@@ -41,8 +41,11 @@ def cross_entropy(logits_BTK: jax.Array, tokens_BT: jax.Array,
 def init_state(model, tx: optax.GradientTransformation, key: jax.Array) -> GeneratorState:
   """A fresh state (parameters still in their nn.Partitioned boxes, for sharding)."""
   k_model, k_train = jax.random.split(key)
-  tokens = jnp.zeros((1, *model.token_shape), jnp.int32)
-  params = model.init({"params": k_model, "dropout": k_model}, tokens)["params"]
+  if hasattr(model, "example_inputs"):  # VAR reads continuous next-scale inputs
+    inputs = model.example_inputs(1)
+  else:
+    inputs = jnp.zeros((1, *model.token_shape), jnp.int32)
+  params = model.init({"params": k_model, "dropout": k_model}, inputs)["params"]
   return GeneratorState(
       step=zero(), rng=jax.random.key_data(k_train), params=params,
       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), skipped=zero(),
