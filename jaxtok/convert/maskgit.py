@@ -171,6 +171,6 @@ SOURCES = (
            "MaskGIT VQGAN (google-research/maskgit, Flax), f16, 1024 x 256 codes, 54.5 M",
            build_flax, options=("image_size",)),
     Source("maskgit-vqgan-torch", ("maskgit-vqgan-imagenet-f16-256.bin",),
-           "MaskGIT VQGAN, the PyTorch port of bytedance/1d-tokenizer (fun-research/TiTok)",
+           "MaskGIT VQGAN, 1d-tokenizer's PyTorch port (fun-research/TiTok), f16, 54.5 M",
            build_torch, options=("image_size",)),
 )
