@@ -1,8 +1,10 @@
-"""Benchmark of class-conditional token sampling: GPT-B (KV cache) or MaskGIT (12 steps).
+"""Benchmark of class-conditional token sampling: GPT-B (KV cache), MaskGIT (12 steps) or
+VAR-d16 (10 scales, KV cache).
 
     python tools/bench/sampling.py                    # GPT-B, 16x16 tokens, CFG 2.0, bf16
     python tools/bench/sampling.py --batches 64 --dtype f32 --cfg-scale 1.0
     python tools/bench/sampling.py --model maskgit --out benchmarks/results/sampling_h100.md
+    python tools/bench/sampling.py --model var --cfg-scale 2.5   # VAR-d16, its cfg=1.5 ramp
 
 Measures tokens only: turning them into pixels with a tokenizer's decoder is excluded. For
 each batch size it prints a markdown row: the median of --repeats host-timed calls of
@@ -10,7 +12,9 @@ each batch size it prints a markdown row: the median of --repeats host-timed cal
 `block_until_ready`, after --warmup calls (the first compiles), as images/s (= samples/s)
 and tokens/s. Weights are random (speed does not depend on them; the zero-initialised GPT
 head is replaced so draws are not uniform); with a bf16 dtype the params are cast to bf16
-as well, the usual inference set-up. CFG > 1 doubles the rows the transformer runs.
+as well, the usual inference set-up. CFG > 1 doubles the rows the transformer runs. VAR
+samples with a random multi-scale quantizer (4096 x 32, the one that turns each scale's ids
+into the next scale's inputs; its work is part of the timing) and VAR's linear CFG ramp.
 
 On CPU a reduced config runs automatically (width 64, depth 2, 8x8 tokens, codebook 1024,
 batches 2 and 4): a check that the script works, not a measurement. `--out` writes the table
@@ -30,14 +34,18 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from jaxtok.models.generators import ar, maskgit  # noqa: E402
+from jaxtok.models.generators import ar, maskgit, var  # noqa: E402
+from jaxtok.quantizers.multiscale import MultiScaleVQ  # noqa: E402
 
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
 CPU_FIELDS = dict(width=64, depth=2, num_heads=4, codebook_size=1024, token_shape=(8, 8))
 CPU_BATCHES = (2, 4)
+VAR_CPU_FIELDS = dict(width=64, depth=2, num_heads=4, codebook_size=1024, patch_nums=(1, 2, 4))
 
 
 def build(name: str, dtype, cpu: bool) -> nn.Module:
+  if name == "var":
+    return var.VAR.from_preset("VAR-d16", dtype=dtype, **(VAR_CPU_FIELDS if cpu else {}))
   if name == "gpt":
     fields = dict(codebook_size=16384, token_shape=(16, 16), num_classes=1000, dtype=dtype)
     return ar.GPT.from_preset("GPT-B", **{**fields, **(CPU_FIELDS if cpu else {})})
@@ -46,7 +54,8 @@ def build(name: str, dtype, cpu: bool) -> nn.Module:
 
 
 def init_params(model: nn.Module, dtype):
-  tokens = jnp.zeros((1, *model.token_shape), jnp.int32)
+  tokens = (model.example_inputs(1) if isinstance(model, var.VAR)
+            else jnp.zeros((1, *model.token_shape), jnp.int32))
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens,
                                         jnp.zeros((1,), jnp.int32)))["params"]
   if isinstance(model, ar.GPT):  # LlamaGen zero-initialises the head: draws would be uniform
@@ -61,6 +70,8 @@ def time_sample(model, params, batch: int, args) -> tuple[float, jax.Array]:
                 top_p=args.top_p)
   if isinstance(model, maskgit.MaskGIT):
     kwargs["num_steps"] = args.steps
+  if isinstance(model, var.VAR):
+    kwargs.update(var_quantizer(model))
 
   def call(seed):
     return jax.block_until_ready(model.sample(params, seed, labels, **kwargs))
@@ -75,6 +86,15 @@ def time_sample(model, params, batch: int, args) -> tuple[float, jax.Array]:
   return statistics.median(times), out
 
 
+def var_quantizer(model: var.VAR) -> dict:
+  """VAR.sample's quantizer and its (random) variables."""
+  quantizer = MultiScaleVQ(model.codebook_size, model.latent_dim, model.patch_nums)
+  side = model.patch_nums[-1]
+  variables = jax.jit(quantizer.init)(jax.random.key(2),
+                                      jnp.zeros((1, side, side, model.latent_dim)))
+  return {"quantizer": quantizer, "quantizer_variables": variables}
+
+
 HEADER = ("| model | tokens | batch | dtype | CFG | time (s) | images/s | tokens/s |\n"
           "|---|---|---|---|---|---|---|---|")
 
@@ -86,7 +106,7 @@ def format_row(r: dict) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", default="gpt", choices=("gpt", "maskgit"))
+  parser.add_argument("--model", default="gpt", choices=("gpt", "maskgit", "var"))
   parser.add_argument("--batches", nargs="+", type=int, default=[64, 256])
   parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
   parser.add_argument("--cfg-scale", type=float, default=2.0)
@@ -104,7 +124,8 @@ def main(argv=None):
   dtype = DTYPES[args.dtype]
   model = build(args.model, dtype, cpu)
   batches = CPU_BATCHES if cpu else tuple(args.batches)
-  label = {"gpt": "GPT-B", "maskgit": "MaskGIT"}[args.model] + (" (CPU-reduced)" if cpu else "")
+  label = ({"gpt": "GPT-B", "maskgit": "MaskGIT", "var": "VAR-d16"}[args.model]
+           + (" (CPU-reduced)" if cpu else ""))
   meta = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
           "date": datetime.date.today().isoformat(),
           "timing": f"median of {args.repeats} host-timed sample() calls around "
@@ -115,7 +136,8 @@ def main(argv=None):
   print(f"sampling benchmark on {meta['device']}, jax {meta['jax']}; {meta['timing']}; "
         f"{meta['scope']}")
   if cpu:
-    print(f"CPU: reduced config {CPU_FIELDS}, batches {CPU_BATCHES} (not a measurement)")
+    fields = VAR_CPU_FIELDS if args.model == "var" else CPU_FIELDS
+    print(f"CPU: reduced config {fields}, batches {CPU_BATCHES} (not a measurement)")
   params = init_params(model, dtype)
   print(HEADER, flush=True)
   rows = []

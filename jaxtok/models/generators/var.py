@@ -143,6 +143,7 @@ class VAR(Presets, nn.Module):
   def _run_blocks(self, x_BTE, cond_BE, *, mask=None, deterministic=True, cache=None,
                   cache_index=None):
     rates = jnp.linspace(0.0, self.drop_path_rate, self.depth)
+    x_BTE = x_BTE.astype(jnp.float32)  # the residual stream stays f32 (even with bf16 params)
     (x_BTE, cache, _), _ = self.blocks((x_BTE, cache, jnp.zeros((), jnp.int32)), rates,
                                        cond_BE, mask, deterministic, cache_index)
     return x_BTE, cache
