@@ -203,3 +203,34 @@ def test_bad_configuration_and_latents_raise_clear_errors(vq_built):
     TiTok.from_preset("XL-16", quantizer=model.quantizer)
   with pytest.raises(ValueError, match="latents must be"):
     model.apply(variables, jnp.zeros((2, K + 1, 4)), method="decode_latents")
+
+
+def test_two_stage_presets_have_the_released_parameter_counts():
+  # tokenizer_titok_{s128,b64,l32}.bin, counted by tools/fixtures/titok.py from the authors'
+  # TiTok(config) with finetune_decoder=True (MaskGIT-VQGAN decoder and codebook included).
+  from jaxtok.models.tokenizers.titok_two_stage import TiTokTwoStage  # pylint: disable=g-import-not-at-top
+  quantizer = VectorQuantizer(codebook_size=4096, dim=12, metric="cosine")
+  x = jnp.zeros((1, 256, 256, 3))
+  for preset, count in (("S-128", 83_674_639), ("B-64", 204_814_095)):
+    model = TiTokTwoStage.from_preset(preset, quantizer=quantizer)
+    shapes = jax.eval_shape(lambda m=model: nn.meta.unbox(m.init(jax.random.key(0), x)))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"])) == count
+    assert (model.pixel_range, model.legacy_token_layout) == ("unit", True)
+  with pytest.raises(ValueError, match="pixel_range must be one of"):
+    tiny_titok(QUANTIZERS["vq"](), pixel_range="0-1").init(jax.random.key(0), images())
+
+
+def test_unit_pixel_range_maps_the_api_range_at_both_edges(vq_built):
+  # The same weights with pixel_range="unit" see (x + 1) / 2 and give 2 y - 1.
+  model, variables = vq_built
+  unit = model.clone(pixel_range="unit")
+
+  @jax.jit
+  def both(v, x):
+    ids = unit.apply(v, x, method="encode")
+    return (ids, model.apply(v, (x + 1) / 2, method="encode"),
+            unit.apply(v, ids, method="decode"), model.apply(v, ids, method="decode"))
+
+  ids, want_ids, got, want = both(variables, images())
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(got, 2 * want - 1, atol=1e-5)
