@@ -38,18 +38,22 @@ def test_presets_have_vars_parameter_counts():
   assert tokenizer.token_shape((256, 256)) == (680,)
 
 
+def _random_like(abstract, seed: int, scale: float = 0.3):
+  """Random normal arrays of the shapes of an eval_shape tree (no init compiled)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape) * scale, a.dtype),
+                      nn.unbox(abstract))
+
+
 @pytest.fixture(scope="module")
 def tiny():
-  """A tiny VAR with a random head, its quantizer and their variables."""
+  """A tiny VAR and its quantizer with random variables (every tensor, the head included,
+  so logits depend on everything)."""
   model, quantizer = VAR(**TINY), MultiScaleVQ(K, D, SCALES)
-  inputs = jnp.zeros((2, L - 1, D))
-  variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), inputs, jnp.array([1, 2])))
-  head = variables["params"]["head"]["head"]["kernel"]
-  variables["params"]["head"]["head"]["kernel"] = jax.random.normal(
-      jax.random.key(1), head.shape) * head.shape[0] ** -0.5
-  q_vars = quantizer.init(jax.random.key(2), jnp.zeros((1, 4, 4, D)))
-  q_vars = {"params": {**q_vars["params"], "codebook": jax.random.normal(jax.random.key(3),
-                                                                        (K, D))}}
+  variables = _random_like(jax.eval_shape(model.init, jax.random.key(0),
+                                          jnp.zeros((2, L - 1, D)), jnp.array([1, 2])), 0)
+  q_vars = _random_like(jax.eval_shape(quantizer.init, jax.random.key(2),
+                                       jnp.zeros((1, 4, 4, D))), 1, scale=1.0)
   return model, variables, quantizer, q_vars
 
 
