@@ -10,6 +10,7 @@ import os
 import sys
 
 import jaxtok
+from jaxtok import cli_eval
 
 def _config(args: argparse.Namespace):
   from jaxtok.config import load_config
@@ -28,6 +29,14 @@ def _train(args):
 
 
 def _eval(args):
+  if args.model is not None or args.images is not None:  # a tokenizer export on an image set
+    if args.model is None or args.images is None or args.workdir is not None:
+      raise ValueError("jaxtok eval takes --workdir (a training run), or --model and --images "
+                       "(a tokenizer export on an image set)")
+    cli_eval.eval_tokenizer(args, _tokenizer(args.model))
+    return
+  if args.workdir is None:
+    raise ValueError("jaxtok eval needs --workdir (a training run) or --model and --images")
   from jaxtok import train
 
   config = _config(args) if args.config else None  # None: the run's saved config
@@ -130,7 +139,7 @@ def _sample(args):
     raise ValueError(f"--num must be >= 1; got {args.num}")
   if not 0 <= args.seed < 2**32:
     raise ValueError(f"--seed must lie in [0, 2**32) (PRNG seeds are 32-bit); got {args.seed}")
-  if args.cfg_scale != 1.0 and args.class_id is None:
+  if args.cfg_scale != 1.0 and args.class_id is None and args.fid_ref is None:
     raise ValueError(f"--cfg-scale {args.cfg_scale:g} needs --class-id: classifier-free "
                      f"guidance steers samples towards a class (--cfg-scale 1 samples without)")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -145,6 +154,9 @@ def _sample(args):
   elif any(v is not None for v in masked.values()):
     raise ValueError("--num-steps and --choice-temperature are MaskGIT options; "
                      f"{args.model!r} holds a {type(generator.model).__name__}")
+  if args.fid_ref is not None:  # scored in batches; only a preview grid is written
+    cli_eval.sample_fid(args, generator, tok, options)
+    return
   result = inference.sample_images(generator, tok, num=args.num, seed=args.seed,
                                    class_id=args.class_id, **options)
   inference.write_samples(result, args.out)
@@ -196,6 +208,11 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--num-steps", type=int, default=None, help="MaskGIT: decoding steps (12)")
   p.add_argument("--choice-temperature", type=float, default=None,
                  help="MaskGIT: Gumbel noise on the re-masking confidence (4.5)")
+  p.add_argument("--fid-ref", default=None, help="score the samples (gFID, IS, precision/"
+                 "recall) against this stats .npz or image set, in batches, without writing "
+                 "them; a conditional model samples every class equally often unless "
+                 "--class-id is given")
+  p.add_argument("--batch-size", type=int, default=250, help="with --fid-ref: samples per batch")
 
 
 def _add_images_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -246,16 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
 
   for name, func, help_text in (("train", _train,
                                  "train (or resume) a tokenizer or generator in WORKDIR"),
-                                ("eval", _eval, "evaluate WORKDIR's checkpoint on held-out data")):
+                                ("eval", _eval, "evaluate WORKDIR's checkpoint on held-out "
+                                 "data, or a tokenizer export on images (rFID, PSNR, SSIM, "
+                                 "LPIPS, codebook usage)")):
     p = command(name, func, help_text)
     p.add_argument("--config", required=name == "train",
                    help="config file, e.g. configs/demo/tokenizer.py (file.py:arg passes arg to "
                    "get_config); then --config.x.y=value overrides" + (
                        "; default: the run's own config, saved with its checkpoint (the "
                        "overrides apply to it)" if name == "eval" else ""))
-    p.add_argument("--workdir", required=True, help="checkpoints, metrics and pictures")
+    p.add_argument("--workdir", required=name == "train", help="checkpoints, metrics and "
+                   "pictures")
     if name == "eval":
       p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+      cli_eval.add_eval_model_arguments(p)
+      p.add_argument("--max-skipped", type=_budget, default=0, help="with --model: unreadable "
+                     "files allowed (a count or a fraction)")
+  p = command("fid", cli_eval.fid_command, "FID, IS and precision/recall of an image set "
+              "against another or a stats .npz (the FID Inception, offline)")
+  cli_eval.add_fid_arguments(p)
+  p.add_argument("--max-skipped", type=_budget, default=0,
+                 help="unreadable files allowed (a count or a fraction)")
 
   p = command("export", _export, "write WORKDIR's model (params + config) for jaxtok.load")
   p.add_argument("--workdir", required=True)

@@ -28,7 +28,9 @@ ALLOWED = {
     "train": {"build", "data", "eval", "inference", "losses", "models", "quantizers", "kernels",
               "config"},
     "demo": {"config", "configs", "data", "eval", "inference", "train"},
-    "cli": {"config", "convert", "data", "demo", "eval", "inference", "models", "train"},
+    "cli": {"cli_eval", "config", "convert", "data", "demo", "eval", "inference", "models",
+            "train"},
+    "cli_eval": {"data", "eval"},
 }
 
 

@@ -8,6 +8,7 @@ first quantized to 8 bits as writing them to PNG would, so that an image evaluat
 and the same image read back from its file give the same features.
 """
 
+import functools
 import sys
 import time
 from collections.abc import Iterable
@@ -29,6 +30,19 @@ def to_pixels(images_BHWC) -> jax.Array:
   if images_BHWC.dtype == jnp.uint8:
     return images_BHWC.astype(jnp.float32)
   return image_lib.to_uint8(images_BHWC).astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(model: inception.InceptionV3, devices: tuple):
+  """One jitted apply per (model, devices): every extractor of a process shares its compiles."""
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def apply(params, images):
+    return model.apply({"params": params}, to_pixels(images))
+
+  return jax.jit(apply, in_shardings=(replicated, data), out_shardings=data)
 
 
 class InceptionFeatures:
@@ -56,12 +70,7 @@ class InceptionFeatures:
                                        num_classes=inception.NUM_CLASSES if "fc" in params else 0)
     self.params = jax.device_put(params, replicated)
     self.resize_to = resize_to
-
-    def apply(p, images):
-      return self.model.apply({"params": p}, to_pixels(images))
-
-    self._apply = jax.jit(apply, in_shardings=(replicated, self.data),
-                          out_shardings=self.data)
+    self._apply = _jitted(self.model, tuple(devices))
 
   @property
   def has_logits(self) -> bool:

@@ -9,11 +9,16 @@ statistics are read too when present).
 The matrix square root: FID needs tr sqrt(S1 S2). S1 S2 is not symmetric, and
 `scipy.linalg.sqrtm` of it (TTUR, pytorch-fid) is inaccurate when the covariances are rank
 deficient (fewer images than 2048 features), returning complex parts or NaNs that those tools
-paper over by adding eps to the diagonals. Here, with A = sqrt(S1) and B = sqrt(S2) (symmetric
-PSD roots by `eigh`, rounding-error negative eigenvalues clipped to 0), S1 S2 is similar to
-(AB)(AB)^T, so tr sqrt(S1 S2) is the sum of the singular values of AB: float64, no eps, and
-the null directions of singular covariances contribute ~1e-16 instead of the ~1e-8 per
-direction that the square root of a rounding-error eigenvalue would.
+paper over by adding eps to the diagonals. Here, in float64 and without eps:
+  - from statistics: S1 = U W U^T (`eigh`); with A = U_r W_r^(1/2) over the r directions
+    where S1 is not zero (to rounding), S1 S2 = A A^T S2 has the nonzero eigenvalues of the
+    symmetric PSD r x r matrix A^T S2 A, so the trace is the sum of their square roots. The
+    null directions of a singular S1 are left out rather than each adding the square root of
+    a rounding error (~1e-8).
+  - from features (`fid_from_features`, fewer images than dimensions): with X1, X2 the
+    centred features scaled by 1/sqrt(N - 1), S1 S2 = X1^T (X1 X2^T) X2 has the nonzero
+    eigenvalues of (X1 X2^T)(X1 X2^T)^T, so the trace is the sum of the singular values of
+    the small N1 x N2 matrix X1 X2^T: exact, and cheap for small sets.
 """
 
 import json
@@ -33,19 +38,16 @@ def feature_stats(features_ND) -> tuple[np.ndarray, np.ndarray]:
   return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-  """The symmetric square root of a PSD matrix (negative rounding-error eigenvalues -> 0)."""
-  w, v = np.linalg.eigh(sigma)
-  return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
 def trace_sqrt_product(sigma1, sigma2) -> float:
-  """tr sqrt(sigma1 sigma2) for PSD matrices, in float64, stable when they are singular: the
-  nuclear norm of sqrt(sigma1) sqrt(sigma2)."""
+  """tr sqrt(sigma1 sigma2) for PSD matrices, in float64, exact when they are singular."""
   s1 = np.asarray(sigma1, np.float64)
   s2 = np.asarray(sigma2, np.float64)
-  product = _psd_sqrt((s1 + s1.T) / 2) @ _psd_sqrt((s2 + s2.T) / 2)
-  return float(np.sum(np.linalg.svd(product, compute_uv=False)))
+  w, u = np.linalg.eigh((s1 + s1.T) / 2)
+  keep = w > w.max(initial=0.0) * len(w) * np.finfo(np.float64).eps
+  a = u[:, keep] * np.sqrt(w[keep])
+  m = a.T @ ((s2 + s2.T) / 2) @ a
+  eig = np.linalg.eigvalsh((m + m.T) / 2)
+  return float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -65,8 +67,19 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fid_from_features(features1, features2) -> float:
-  """FID of two feature sets [N1, D], [N2, D]."""
-  return frechet_distance(*feature_stats(features1), *feature_stats(features2))
+  """FID of two feature sets [N1, D], [N2, D]; equal to `frechet_distance` of their
+  `feature_stats`, computed from the features when a set has fewer images than dimensions."""
+  x1 = np.asarray(features1, np.float64)
+  x2 = np.asarray(features2, np.float64)
+  mu1, sigma1 = feature_stats(x1)
+  mu2, sigma2 = feature_stats(x2)
+  if min(len(x1), len(x2)) >= x1.shape[1]:
+    return frechet_distance(mu1, sigma1, mu2, sigma2)
+  a1 = (x1 - mu1) / np.sqrt(len(x1) - 1)
+  a2 = (x2 - mu2) / np.sqrt(len(x2) - 1)
+  diff = mu1 - mu2
+  cross = np.sum(np.linalg.svd(a1 @ a2.T, compute_uv=False))
+  return float(max(diff @ diff + np.sum(a1 * a1) + np.sum(a2 * a2) - 2 * cross, 0.0))
 
 
 def save_stats(path: str, mu, sigma, *, protocol: dict | None = None, **extra) -> str:

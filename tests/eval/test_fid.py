@@ -100,3 +100,13 @@ def test_precision_recall_on_toy_sets():
   assert same == {"precision": 1.0, "recall": 1.0}
   radii = scores.manifold_radii(np.array([[0.0], [1.0], [3.0], [7.0]]), k=1)
   np.testing.assert_allclose(radii, [1.0, 1.0, 4.0, 16.0])  # squared distance to the nearest
+
+
+def test_few_images_path_equals_the_statistics_path():
+  # Fewer images than dimensions: fid_from_features works on the N1 x N2 cross matrix;
+  # frechet_distance of the same sets' statistics works on D x D matrices.
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(12, 40)), rng.normal(size=(9, 40)) * 1.5 + 0.2
+  from_stats = fid.frechet_distance(*fid.feature_stats(x), *fid.feature_stats(y))
+  assert fid.fid_from_features(x, y) == pytest.approx(from_stats, rel=1e-8)
+  assert from_stats == pytest.approx(_scipy_fid(x, y), rel=1e-6)
