@@ -239,6 +239,17 @@ def check_pair(generator: LoadedGenerator, tokenizer: LoadedTokenizer) -> None:
                      f"{model.codebook_size} codes")
 
 
+def sample_options(generator: LoadedGenerator, tokenizer: LoadedTokenizer,
+                   options: dict) -> dict:
+  """The `sample` keywords for `generator` paired with `tokenizer`: `options` plus, for
+  generators whose inputs the tokenizer's quantizer makes (VAR: SAMPLES_WITH_QUANTIZER), that
+  quantizer and its variables."""
+  if not getattr(generator.model, "SAMPLES_WITH_QUANTIZER", False):
+    return dict(options)
+  return dict(options, quantizer=tokenizer.model.quantizer,
+              quantizer_variables={"params": tokenizer.variables["params"]["quantizer"]})
+
+
 def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num: int = 16,
                   seed: int = 0, class_id: int | None = None, **options) -> dict[str, np.ndarray]:
   """Samples `num` token grids (options: the generator's `sample` keywords, e.g. cfg_scale,
@@ -262,10 +273,7 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
     if not 0 <= class_id < model.num_classes:
       raise ValueError(f"class_id must lie in [0, {model.num_classes}); got {class_id}")
     labels = np.full((num,), class_id, np.int32)
-  if getattr(model, "SAMPLES_WITH_QUANTIZER", False):  # VAR: the quantizer makes its inputs
-    quantizer = tokenizer.model.quantizer
-    options = dict(options, quantizer=quantizer, quantizer_variables={
-        "params": tokenizer.variables["params"]["quantizer"]})
+  options = sample_options(generator, tokenizer, options)
   ids = generator.sample(seed, labels, num_samples=None if labels is not None else num,
                          **options)
   # Checked here, eagerly, for a ValueError: in the jitted decode it could only warn.
