@@ -1,6 +1,7 @@
 """The MaskGIT VQGAN converts exactly: a small VQVAE built by google-research/maskgit's own Flax
 code with random weights (tools/fixtures/maskgit.py), saved as the released extension-less
-msgpack checkpoint, gives the same ids, features and images in jaxtok; the released model's
+msgpack checkpoint, gives the same ids, features and images in jaxtok, as does a small model
+of the PyTorch port 1d-tokenizer ships (tools/fixtures/titok.py); the released model's
 names and shapes (Flax, and the PyTorch port 1d-tokenizer ships) convert into the
 "maskgit-f16" preset's variables with its parameter count."""
 
@@ -45,6 +46,24 @@ def test_ids_features_and_images_equal_the_authors(tokenizer):
   assert tokenizer.config.model.preset == "maskgit-f16"
   assert dict(tokenizer.config.model.config) == {
       "ch": 32, "ch_mult": [1, 1], "pixel_range": "unit"}
+
+
+def test_the_pytorch_port_gives_the_ids_and_images_of_the_authors_port():
+  """A whole small port: its encoder (port_encoder.bin) with the two-stage TiTok fixture's
+  pixel decoder and pixel codes, renamed as the port's own file names them."""
+  port = dict(np.load(FIXTURES / "maskgit" / "port_outputs.npz"))
+  state = common.state_dict(weights.read_object(str(FIXTURES / "maskgit" / "port_encoder.bin")))
+  titok = common.state_dict(weights.read_object(str(FIXTURES / "titok" / "two_stage.bin")))
+  state.update({k.replace("pixel_decoder.", "decoder.").replace("pixel_quantize.", "quantize."):
+                v for k, v in titok.items() if k.startswith(("pixel_decoder.", "pixel_quantize."))})
+  config, variables = convert.sources()["maskgit-vqgan-torch"].convert_state(
+      state, "port", image_size=8)
+  tokenizer = inference.assemble(config, variables)
+  np.testing.assert_array_equal(np.asarray(tokenizer.encode(port["images"] * 2 - 1)),
+                                port["indices"])
+  assert np.abs(port["decoded"]).max() > 1
+  np.testing.assert_allclose((np.asarray(tokenizer.decode(port["indices"])) + 1) / 2,
+                             port["decoded"], **TOL)
 
 
 def test_an_extensionless_flax_checkpoint_reads_as_msgpack(tmp_path):
