@@ -54,10 +54,13 @@ class InceptionFeatures:
     batch_size: images per device call, rounded up to a multiple of the device count.
     resize_to: the Inception input side (299, the protocol; None: feed images as they are).
     devices: the devices to shard over (default: `jax.local_devices()`).
+    precision: of the convolutions; HIGHEST keeps f32 on GPU/TPU (the protocol's parity),
+      None lets XLA use TF32 / bf16 passes (faster, features off by more than 1e-4).
   """
 
   def __init__(self, params: dict | None = None, *, batch_size: int = DEFAULT_BATCH,
-               resize_to: int | None = inception.INPUT_SIZE, devices=None):
+               resize_to: int | None = inception.INPUT_SIZE, devices=None,
+               precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     params = inception_weights.load_inception_params() if params is None else params
@@ -66,7 +69,7 @@ class InceptionFeatures:
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
     self.data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self.model = inception.InceptionV3(resize_to=resize_to,
+    self.model = inception.InceptionV3(resize_to=resize_to, precision=precision,
                                        num_classes=inception.NUM_CLASSES if "fc" in params else 0)
     self.params = jax.device_put(params, replicated)
     self.resize_to = resize_to
