@@ -155,7 +155,9 @@ class TiTok(Presets, Tokenizer):
   token. `decode` accepts any prefix of 1 <= k <= K tokens and fills the rest the same way.
 
   `TiTok.from_preset("L-32", quantizer=q)` builds a published size; `CODEBOOK` is the
-  quantizer it was published with.
+  quantizer it was published with. The released single-stage VQ / VAE checkpoints convert to
+  this class with `pixel_range="unit"` (`jaxtok convert`); the released two-stage S-128 / B-64
+  / L-32 ones to `titok_two_stage.TiTokTwoStage`.
   """
 
   # Published sizes; all use patch 16 on 256x256 images.
