@@ -25,7 +25,8 @@ PACKAGES = {
 }
 # config.trainer -> the kind of model it trains.
 TRAINED_KINDS = {"tokenizer": "tokenizer", "ar": "generator", "maskgit": "generator",
-                 "rar": "generator", "var": "generator"}
+                 "rar": "generator", "var": "generator",
+                 "mar": "generator"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EXAMPLES = {"quantizer": "'fsq.FSQ'", "tokenizer": "'vqgan.VQGAN'", "generator": "'ar.GPT'",
             "discriminator": "'discriminators.PatchGANDiscriminator'"}

@@ -5,6 +5,10 @@ int32 token ids, little-endian, in the grid `token_shape`), and `metadata.json`:
 grid, the codebook size, the tokenizer's config, the record count, the skipped files and the
 count of files left out for their extension.
 `TokenSource` reads them back as a Grain random-access source of int32 arrays.
+
+Latent shards (continuous tokens of a KL tokenizer, for MAR) are the same files with
+`dtype` "float16" or "float32" in the metadata: each record one latent grid [h, w, C] in
+that dtype (little-endian), read back as float32; their codebook_size is 0.
 """
 
 import functools
@@ -18,6 +22,8 @@ from array_record.python import array_record_module
 from jaxtok.data import pipeline, sources, transforms
 
 METADATA = "metadata.json"
+# Record dtypes: the metadata's name -> the little-endian numpy dtype of the bytes.
+RECORD_DTYPES = {"int32": "<i4", "float16": "<f2", "float32": "<f4"}
 
 
 def shard_name(index: int, count: int) -> str:
@@ -38,19 +44,26 @@ def parse_resolution(value: str | int) -> str | int:
   return resolution
 
 
-def _write_shards(out: str, num_shards: int, results) -> tuple[list[str], list[int]]:
+def _write_shards(out: str, num_shards: int, results, dtype: str = "int32"
+                  ) -> tuple[list[str], list[int]]:
   """Writes the token rows of `results` ((keys, images, ids) batches) to the shards in turn,
-  under temporary names that a failure removes; returns (keys written, token_shape)."""
+  under temporary names that a failure removes; returns (keys written, token_shape).
+  dtype "float16" / "float32" stores latents (float rows) instead of ids."""
+  if dtype not in RECORD_DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(RECORD_DTYPES)}; got {dtype!r}")
+  latents = dtype != "int32"
   paths = [os.path.join(out, shard_name(i, num_shards) + ".tmp") for i in range(num_shards)]
   writers = [array_record_module.ArrayRecordWriter(p, "group_size:1") for p in paths]
   written, token_shape = [], None
   try:
     for batch_keys, _, ids in results:
-      if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"encode must return integer token ids; got dtype {ids.dtype}")
+      if latents != np.issubdtype(ids.dtype, np.floating):
+        want = "float latents" if latents else "integer token ids"
+        raise TypeError(f"encode must return {want} for dtype {dtype!r}; got dtype {ids.dtype}")
       token_shape = list(ids.shape[1:])
       for key, row in zip(batch_keys, ids):
-        writers[len(written) % num_shards].write(row.astype("<i4").tobytes())
+        writers[len(written) % num_shards].write(
+            np.asarray(row).astype(RECORD_DTYPES[dtype]).tobytes())
         written.append(key)
   except BaseException:
     for writer, path in zip(writers, paths):
@@ -87,7 +100,8 @@ def _publish(out: str, metadata: dict) -> None:
 def tokenize_folder(encode: Callable[[np.ndarray], np.ndarray], folder: str, out: str, *,
                     image_size: int, codebook_size: int, tokenizer_config: dict,
                     resolution: str | int = "train", num_shards: int = 1, batch_size: int = 32,
-                    max_skipped: int | float = 0.01, progress: bool = False) -> dict:
+                    max_skipped: int | float = 0.01, progress: bool = False,
+                    dtype: str = "int32") -> dict:
   """Encodes every image of `folder` into token shards in `out`; returns out/metadata.json.
 
   Images are resized and center-cropped to `resolution`: "train" (image_size, the tokenizer's
@@ -95,6 +109,7 @@ def tokenize_folder(encode: Callable[[np.ndarray], np.ndarray], folder: str, out
   Records go to the shards in turn, in the sorted order of the files. Bad files are skipped
   within `max_skipped` (see `pipeline.resolve_budget`) and listed in the metadata; past it,
   `pipeline.BadDataError` and no new metadata. `progress`: a compile line and a progress bar.
+  dtype "float16" / "float32": `encode` returns float latents [B, h, w, C], stored as such.
   """
   resolution = parse_resolution(resolution)
   if num_shards < 1:
@@ -111,9 +126,9 @@ def tokenize_folder(encode: Callable[[np.ndarray], np.ndarray], folder: str, out
   results = pipeline.run_batches(encode, pipeline.batch_by_shape(images, batch_size),
                                  total=len(keys), skipped=skipped, desc="tokenize",
                                  progress=progress, pad_to=min(batch_size, len(keys)))
-  written, token_shape = _write_shards(out, num_shards, results)
+  written, token_shape = _write_shards(out, num_shards, results, dtype)
   metadata = {"token_shape": token_shape, "codebook_size": int(codebook_size),
-              "dtype": "int32", "resolution": resolution, "image_size": side,
+              "dtype": dtype, "resolution": resolution, "image_size": side,
               "num_records": len(written),
               "shards": [shard_name(i, num_shards) for i in range(num_shards)],
               "keys": written, "skipped": skipped,
@@ -138,6 +153,10 @@ class TokenSource:
       self.metadata = json.load(f)
     self.token_shape = tuple(self.metadata["token_shape"])
     self.codebook_size = self.metadata["codebook_size"]
+    self.dtype = self.metadata.get("dtype", "int32")
+    if self.dtype not in RECORD_DTYPES:
+      raise ValueError(f"{path}: dtype must be one of {sorted(RECORD_DTYPES)}; got "
+                       f"{self.dtype!r}")
     self._readers = [array_record_module.ArrayRecordReader(os.path.join(directory, name))
                      for name in self.metadata["shards"]]
 
@@ -149,7 +168,9 @@ class TokenSource:
       raise IndexError(f"record index must be in [0, {len(self)}); got {index}")
     n = len(self._readers)
     data = self._readers[index % n].read([index // n])[0]
-    return np.frombuffer(data, "<i4").astype(np.int32).reshape(self.token_shape)
+    values = np.frombuffer(data, RECORD_DTYPES[self.dtype])
+    out_dtype = np.int32 if self.dtype == "int32" else np.float32
+    return values.astype(out_dtype).reshape(self.token_shape)
 
 
 class LabelledTokens:
@@ -193,3 +214,19 @@ def labelled_tokens(path: str, labels: str, *, token_shape: Sequence[int], codeb
                        f"[{ids.min()}, {ids.max()}]")
     return LabelledTokens(source, ids)
   raise ValueError(f"data.labels must be 'none' or 'metadata'; got {labels!r}")
+
+
+def labelled_latents(path: str, labels: str, *, token_shape: Sequence[int], token_dim: int,
+                     num_classes: int) -> LabelledTokens:
+  """A latent directory (dtype float16 / float32, records [*token_shape, token_dim]) checked
+  against a continuous-token generator; labels as `labelled_tokens`. Records' "tokens" are
+  float32."""
+  source = TokenSource(path)
+  want = (*tuple(token_shape), int(token_dim))
+  if source.dtype == "int32" or tuple(source.token_shape) != want:
+    raise ValueError(
+        f"data.path={path!r} holds {source.dtype} records {tuple(source.token_shape)}; the model "
+        f"reads float latents {want} (model.token_shape + (model.token_dim,)): write them "
+        f"with a KL tokenizer's latents")
+  return labelled_tokens(path, labels, token_shape=source.token_shape,
+                         codebook_size=source.codebook_size, num_classes=num_classes)

@@ -6,7 +6,8 @@ import os
 
 # config.trainer -> the module whose train(config, workdir) runs it.
 TRAINERS = {"tokenizer": "tokenizer_trainer", "ar": "ar_trainer", "maskgit": "maskgit_trainer",
-            "rar": "rar_trainer", "var": "var_trainer"}
+            "rar": "rar_trainer", "var": "var_trainer",
+            "mar": "mar_trainer"}
 
 
 def trainer(config):

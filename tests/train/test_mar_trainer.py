@@ -1,0 +1,127 @@
+"""The MAR trainer on latent shards: the diffusion loss falls on a learnable latent pattern,
+a step on 8 devices equals the single-device step, and the trained model samples latents.
+
+One training subprocess (sharing the persistent compile cache of the other training tests).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from array_record.python import array_record_module
+
+from jaxtok.configs.demo import mar as mar_config
+from jaxtok.data import tokens as token_data
+from jaxtok.train import checkpoint, generator, loop, mar_trainer, sharding
+from jaxtok.train.metrics import read_jsonl
+from tests.train.conftest import REPO, subprocess_env
+
+STEPS = 12
+RUN = """
+import json, sys
+from absl import flags
+flags.FLAGS.mark_as_parsed()
+import jax
+jax.config.update("jax_threefry_partitionable", False)  # as tests/conftest.py sets it
+from tests.train.test_mar_trainer import tiny_config
+from jaxtok import train
+result = train.train(tiny_config(sys.argv[2]), sys.argv[1])
+print("RESULT " + json.dumps(result), flush=True)
+"""
+
+
+def write_latents(directory, latents: np.ndarray, dtype: str = "float16") -> str:
+  """A latent directory as data/tokens.py writes it (one [h, w, C] record per sample)."""
+  os.makedirs(directory, exist_ok=True)
+  name = token_data.shard_name(0, 1)
+  writer = array_record_module.ArrayRecordWriter(os.path.join(directory, name), "group_size:1")
+  for row in latents:
+    writer.write(row.astype(token_data.RECORD_DTYPES[dtype]).tobytes())
+  writer.close()
+  meta = {"token_shape": list(latents.shape[1:]), "codebook_size": 0, "dtype": dtype,
+          "num_records": len(latents), "shards": [name]}
+  with open(os.path.join(directory, token_data.METADATA), "w") as f:
+    json.dump(meta, f)
+  return str(directory)
+
+
+def tiny_config(latent_dir: str):
+  config = mar_config.get_config("tiny")
+  config.data.path = latent_dir
+  config.train.steps = STEPS
+  config.checkpoint.every_steps = 1  # step 1's checkpoint is the sharding test's reference
+  config.checkpoint.max_to_keep = STEPS + 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """(workdir, latent_dir, result): 32 latent grids, each channel a smooth ramp with its own
+  sign and offset, so the visible tokens predict the masked ones."""
+  rng = np.random.default_rng(0)
+  ramp = np.linspace(-1, 1, 9).reshape(1, 3, 3, 1)
+  latents = (rng.choice([-1.0, 1.0], (32, 1, 1, 4)) * ramp
+             + 0.3 * rng.standard_normal((32, 1, 1, 4))).astype(np.float32)
+  latent_dir = write_latents(tmp_path_factory.mktemp("latents"), latents)
+  workdir = str(tmp_path_factory.mktemp("mar"))
+  proc = subprocess.run([sys.executable, "-c", RUN, workdir, latent_dir],
+                        env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, f"training failed:\n{proc.stderr[-4000:]}"
+  return workdir, latent_dir, json.loads(lines[-1][7:])
+
+
+def test_diffusion_loss_falls(run):
+  workdir, _, result = run
+  rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) and result["step"] == STEPS
+  first, last = np.mean([r["loss"] for r in rows[:2]]), np.mean([r["loss"] for r in rows[-2:]])
+  assert last < first - 0.2, [r["loss"] for r in rows]
+  assert all(0.7 <= r["mask_ratio"] <= 1.0 and r["skipped"] == 0 for r in rows)
+
+
+def test_one_step_on_a_2x2x2_mesh_equals_the_single_device_step(run):
+  workdir, latent_dir, _ = run
+  config = tiny_config(latent_dir)
+  mesh = sharding.make_mesh((2, 2, 2))
+  model, tx, lr = generator.build_parts(config)
+  _, shardings, abstract = loop.layout(lambda k: mar_trainer.init_state(model, tx, k),
+                                       config.seed, mesh)
+  data = mar_trainer.train_iterator(config, model)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  try:
+    state = ckpt.restore(1, abstract, data_iterator=data, config=config)
+  finally:
+    ckpt.close()
+  step = mar_trainer.make_train_step(config, model, tx, lr)
+  new, metrics = loop.jit_step(step, mesh, shardings)(state,
+                                                      sharding.global_batch(next(data), mesh))
+  assert int(metrics["skipped"]) == 0
+  got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
+      flax.serialization.to_state_dict(jax.device_get(new)))[0]}
+  want = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "2", "state"))
+  want = {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_latent_shards_round_trip_and_are_checked(tmp_path):
+  latents = np.random.default_rng(1).standard_normal((3, 2, 2, 4)).astype(np.float32)
+  for dtype, atol in (("float32", 0), ("float16", 2e-3)):
+    source = token_data.labelled_latents(write_latents(tmp_path / dtype, latents, dtype), "none",
+                                         token_shape=(2, 2), token_dim=4, num_classes=0)
+    got = np.stack([source[i]["tokens"] for i in range(3)])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, latents, atol=atol, rtol=0)
+  with pytest.raises(ValueError, match=r"reads float latents \(3, 3, 4\)"):
+    token_data.labelled_latents(str(tmp_path / "float32"), "none", token_shape=(3, 3),
+                                token_dim=4, num_classes=0)
