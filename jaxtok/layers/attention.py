@@ -111,12 +111,39 @@ class KVCache(NamedTuple):
 
   @classmethod
   def zeros(cls, batch_size: int, max_length: int, num_heads: int, head_dim: int,
-            dtype=jnp.float32, num_layers: int | None = None) -> "KVCache":
-    """An empty cache; with num_layers, stacked as [L, B, S, N, H] for a layer stack."""
+            dtype=jnp.float32, num_layers: int | None = None,
+            heads_first: bool = False) -> "KVCache":
+    """An empty cache; with num_layers, stacked as [L, B, S, N, H] for a layer stack.
+
+    heads_first: [.., B, N, S, H] instead, the layout `Attention.decode(layer=...)` reads
+    (and `Transformer` decodes with): attention's batch axes (B, N) lead, so its two matmuls
+    read the cache where it lies instead of through a transposed copy.
+    """
     shape = (batch_size, max_length, num_heads, head_dim)
+    if heads_first:
+      shape = (batch_size, num_heads, max_length, head_dim)
     if num_layers is not None:
       shape = (num_layers, *shape)
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _large_negative(dtype):
+  return jnp.asarray(-0.7 * jnp.finfo(dtype).max, dtype)  # as jax.nn's XLA attention
+
+
+def cached_attention(q_BTNH: jax.Array, k_BNSH: jax.Array, v_BNSH: jax.Array,
+                     mask_TS: jax.Array) -> jax.Array:
+  """Attention over a heads-first cache [B, N, S, H] -> [B, T, N, H] in q's dtype.
+
+  The computation of jax.nn.dot_product_attention's XLA path (f32 logits and softmax,
+  probabilities cast to the values' dtype), with the cache read in its own layout.
+  """
+  logits_BNTS = jnp.einsum("btnh,bnsh->bnts", q_BTNH, k_BNSH.astype(q_BTNH.dtype),
+                           preferred_element_type=jnp.float32)
+  logits_BNTS *= jnp.float32(q_BTNH.shape[-1] ** -0.5)
+  logits_BNTS = jnp.where(mask_TS[None, None], logits_BNTS, _large_negative(jnp.float32))
+  probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(q_BTNH.dtype)
+  return jnp.einsum("bnts,bnsh->btnh", probs_BNTS, v_BNSH.astype(q_BTNH.dtype))
 
 
 def decode_mask(index: jax.Array, num_queries: int, max_length: int) -> jax.Array:
@@ -207,26 +234,33 @@ class Attention(nn.Module):
     attend to cached positions <= index + t; positions later than that (not yet written)
     are masked. T = 1 is one decoding step; T > 1 fills a prompt ("prefill"). Equals the
     causal `__call__` on the whole sequence. 1D RoPE positions default to index + arange(T).
-    With `layer` (a scalar), `cache` is a whole stack's [L, B, S, N, H] and only this layer's
-    new rows are written, in place: a layer stack passes one buffer through its layers
-    instead of copying every layer's cache in and out (a decoding step is bound by reading
-    the cache, so a copy of it would double the step's memory traffic).
+    With `layer` (a scalar), `cache` is a whole stack's, heads first: [L, B, N, S, H]
+    (`KVCache.zeros(..., num_layers=L, heads_first=True)`). Only this layer's new rows are
+    written, in place, and attention reads the layer's slice in its own layout: a layer stack
+    passes one buffer through its layers instead of copying every layer's cache in and out
+    (a decoding step is bound by reading the cache; copies multiply its memory traffic).
     Returns the output [B, T, features] and the updated cache.
     """
-    num_queries, max_length = x_BTE.shape[1], cache.k.shape[-3]
+    num_queries = x_BTE.shape[1]
+    max_length = cache.k.shape[1] if layer is None else cache.k.shape[-2]
     if self.rope == "1d" and positions is None:
       positions = index + jnp.arange(num_queries)
     q_BTNH, k_BTNH, v_BTNH = self.project_qkv(x_BTE, positions, zero_qk)
+    mask_TS = decode_mask(index, num_queries, max_length)
     if layer is None:
-      start, rows = (0, index, 0, 0), lambda a: a
-    else:  # the new rows of this layer only; the attention reads this layer's slice
-      start = (layer, 0, index, 0, 0)
-      k_BTNH, v_BTNH = k_BTNH[None], v_BTNH[None]
-      rows = lambda a: jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False)  # noqa: E731
-    cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k_BTNH.astype(cache.k.dtype), start),
-                    jax.lax.dynamic_update_slice(cache.v, v_BTNH.astype(cache.v.dtype), start))
-    mask_11TS = decode_mask(index, num_queries, max_length)[None, None]
-    out_BTNH = dot_product_attention(
-        q_BTNH, rows(cache.k).astype(q_BTNH.dtype), rows(cache.v).astype(q_BTNH.dtype),
-        mask=mask_11TS, implementation=self.implementation)
+      start = (0, index, 0, 0)
+      cache = KVCache(
+          jax.lax.dynamic_update_slice(cache.k, k_BTNH.astype(cache.k.dtype), start),
+          jax.lax.dynamic_update_slice(cache.v, v_BTNH.astype(cache.v.dtype), start))
+      out_BTNH = dot_product_attention(
+          q_BTNH, cache.k.astype(q_BTNH.dtype), cache.v.astype(q_BTNH.dtype),
+          mask=mask_TS[None, None], implementation=self.implementation)
+      return self.project_out(out_BTNH), cache
+    start = (layer, 0, 0, index, 0)
+    rows = lambda a: jnp.swapaxes(a, 1, 2)[None].astype(cache.k.dtype)  # noqa: E731  [1,B,N,T,H]
+    cache = KVCache(jax.lax.dynamic_update_slice(cache.k, rows(k_BTNH), start),
+                    jax.lax.dynamic_update_slice(cache.v, rows(v_BTNH), start))
+    layer_k, layer_v = (jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False)
+                        for a in cache)
+    out_BTNH = cached_attention(q_BTNH, layer_k, layer_v, mask_TS)
     return self.project_out(out_BTNH), cache

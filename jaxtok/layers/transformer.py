@@ -9,8 +9,8 @@ norms and the attention softmax run in f32. The residual stream keeps the dtype 
 Logical axis names on parameters: "embed", "mlp", "heads", "kv", "norm", and "layers" for the
 stacked layer axis of a scanned stack.
 
-KV-cache decoding (causal stacks): pass `cache` (a `KVCache` stacked [L, B, S, N, H], from
-`KVCache.zeros(..., num_layers=L)`) and `cache_index` (how many tokens it holds) and the call
+KV-cache decoding (causal stacks): pass `cache` (a `KVCache` stacked heads first
+[L, B, N, S, H], from `KVCache.zeros(..., num_layers=L, heads_first=True)`) and `cache_index` (how many tokens it holds) and the call
 returns (x, updated cache) instead of x; see `Attention.decode`.
 """
 
@@ -96,7 +96,7 @@ class TransformerBlock(nn.Module):
 
     zero_qk: see Attention.project_qkv. With a cache, `mask` must be None (the cache's
     causal mask is used) and `cache_index` is the number of tokens already in it;
-    cache_layer: this block's layer in a stacked [L, B, S, N, H] cache (Attention.decode).
+    cache_layer: this block's layer in a stacked [L, B, N, S, H] cache (Attention.decode).
     """
     width = x_BTE.shape[-1]
     if self.head_dim is None and width % self.num_heads:
@@ -195,7 +195,8 @@ class Transformer(nn.Module):
     (rng stream "dropout"). zero_qk: bool [B, T] or [T], True where q and k are zeroed
     (see Attention.project_qkv).
 
-    Decoding: with `cache` (stacked [L, B, S, N, H]: `KVCache.zeros(..., num_layers=L)`) and
+    Decoding: with `cache` (stacked [L, B, N, S, H]: `KVCache.zeros(..., num_layers=L,
+    heads_first=True)`) and
     `cache_index` (tokens already cached), x holds the T new tokens and the call returns
     (x, new cache).
     """
@@ -225,7 +226,7 @@ class Transformer(nn.Module):
     if cache.k.shape[0] != self.num_layers:
       raise ValueError(
           f"cache must be stacked over num_layers={self.num_layers} layers "
-          f"([L, B, S, N, H]); got cache.k.shape={cache.k.shape}")
+          f"([L, B, N, S, H]); got cache.k.shape={cache.k.shape}")
     if self.scan_layers:
       stack = nn.scan(
           _ScannedDecodeBlock, variable_axes={"params": 0}, split_rngs={"params": True},

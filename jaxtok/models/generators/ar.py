@@ -263,10 +263,10 @@ class GPT(Presets, nn.Module):
   # -- decoding -------------------------------------------------------------------------------
 
   def init_cache(self, batch_size: int, dtype=None) -> KVCache:
-    """An empty KV cache [L, B, S, N, H] for S = P + T - 1 (dtype: the compute dtype)."""
+    """An empty KV cache [L, B, N, S, H] for S = P + T - 1 (dtype: the compute dtype)."""
     return KVCache.zeros(batch_size, self.num_cond_tokens + self.num_tokens - 1,
                          self.num_heads, self.width // self.num_heads, dtype or self.dtype,
-                         num_layers=self.depth)
+                         num_layers=self.depth, heads_first=True)
 
   def prefill(self, labels_B: jax.Array, prefix_BPC: jax.Array | None, drop_B: jax.Array,
               cache: KVCache) -> tuple[jax.Array, KVCache]:
