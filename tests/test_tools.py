@@ -106,3 +106,26 @@ def test_roofline_tiny_prints_xla_and_ideal_costs_and_writes_a_section(tmp_path)
   text = out.read_text()
   assert "old table" not in text and rows[0].rsplit("[", 1)[0].rstrip() in text  # replaced
   assert text.index("## before") < text.index("## notes") and "kept" in text
+
+
+def test_nearest_code_bench_winners_rewrite_the_auto_table(tmp_path):
+  spec = importlib.util.spec_from_file_location("bench_nc", ROOT / "tools/bench/nearest_code.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  row = lambda impl, d, ms: {"N": 64, "K": 128, "D": d, "dtype": "f32", "impl": impl,  # noqa
+                             "time_ms": ms}
+  rows = [row("reference", 8, 0.1), row("xla", 8, 3.0), row("pallas_gpu", 8, 1.0),
+          row("mosaic_gpu", 8, 0.5), row("pallas_gpu (sweep)", 8, 0.1),
+          row("xla", 256, 1.0), row("pallas_gpu", 256, 2.0)]  # mosaic_gpu failed at D=256
+  found = bench.winners(rows, "gpu")
+  assert found == {"small_d": "mosaic_gpu", "large_d": "xla"}
+  path = tmp_path / "measured.py"
+  path.write_text((ROOT / "jaxtok/kernels/nearest_code/measured.py").read_text())
+  bench.write_winners(path, found, "gpu", {"device": "gpu: H100", "jax": "0.11.2",
+                                           "date": "2026-11-28"})
+  namespace = {}
+  exec(path.read_text(), namespace)  # pylint: disable=exec-used
+  assert namespace["WINNERS"]["gpu"] == found
+  assert namespace["WINNERS"]["tpu"] == {"small_d": "pallas_tpu", "large_d": "pallas_tpu"}
+  assert "measured on gpu: H100, jax 0.11.2" in path.read_text()
+  assert namespace["shape_class"](8) == "small_d"

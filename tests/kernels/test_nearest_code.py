@@ -19,14 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtok.kernels.nearest_code import api, blocks, nearest_code, pallas_gpu, pallas_tpu
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jaxtok.kernels.nearest_code import (api, blocks, measured, mosaic_gpu, nearest_code,
+                                         pallas_gpu, pallas_tpu)
 
 EPS32 = float(np.finfo(np.float32).eps)
 # Blocks small enough that the shapes below span several tiles, two codebook chunks and, on GPU,
 # several D chunks (block_d=16).
 GPU_TEST_BLOCKS = blocks.BlockSizes(block_n=32, block_k=32, k_splits=2, block_d=16)
 TPU_TEST_BLOCKS = blocks.BlockSizes(block_n=32, block_k=128, k_splits=2)
+MOSAIC_TEST_BLOCKS = blocks.BlockSizes(block_n=64, block_k=32, k_splits=2)
 INTERPRETED = {
+    "mosaic_gpu": functools.partial(mosaic_gpu.nearest_code_mosaic_gpu, interpret=True,
+                                    blocks=MOSAIC_TEST_BLOCKS),
     "pallas_gpu": functools.partial(pallas_gpu.nearest_code_pallas_gpu, interpret=True,
                                     blocks=GPU_TEST_BLOCKS),
     "pallas_tpu": functools.partial(pallas_tpu.nearest_code_pallas_tpu, interpret=True,
@@ -103,9 +109,12 @@ def random_case(seed, n, k, d, dtype):
   return x, e
 
 
-@pytest.fixture(params=["xla", "reference", "pallas_gpu", "pallas_tpu"],
-                ids=["xla", "reference", "pallas_gpu-interpret", "pallas_tpu-interpret"])
+@pytest.fixture(params=["xla", "reference", "pallas_gpu", "mosaic_gpu", "pallas_tpu"],
+                ids=["xla", "reference", "pallas_gpu-interpret", "mosaic_gpu-interpret",
+                     "pallas_tpu-interpret"])
 def impl(request, monkeypatch):
+  if request.param == "mosaic_gpu" and not hasattr(plgpu, "InterpretGPUParams"):
+    pytest.skip(f"the Mosaic GPU interpreter needs jax >= 0.12; this is {jax.__version__}")
   if request.param in INTERPRETED:
     monkeypatch.setitem(api._IMPLEMENTATIONS, request.param, INTERPRETED[request.param])
   return request.param
@@ -254,16 +263,22 @@ class TestErrors:
     with pytest.raises(ValueError, match="impl must be one of.*'triton'"):
       nearest_code(jnp.zeros((3, 8)), jnp.zeros((10, 8)), impl="triton")
 
-  @pytest.mark.parametrize("impl", ["pallas_gpu", "pallas_tpu"])
+  @pytest.mark.parametrize("impl", ["pallas_gpu", "mosaic_gpu", "pallas_tpu"])
   def test_pallas_on_wrong_backend(self, impl):
     with pytest.raises(RuntimeError, match=f"impl='{impl}'.*backend is 'cpu'"):
       nearest_code(jnp.zeros((3, 8)), jnp.zeros((10, 8)), impl=impl)
 
   def test_auto_picks_by_backend(self, monkeypatch):
-    assert api._resolve("auto") == "xla"
+    assert api._resolve("auto", 8) == "xla"
     for backend, want in (("gpu", "pallas_gpu"), ("tpu", "pallas_tpu"), ("cpu", "xla")):
       monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
-      assert api._resolve("auto") == want
+      assert api._resolve("auto", 8) == api._resolve("auto", 256) == want
+
+  def test_auto_follows_the_measured_table_by_shape_class(self, monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setitem(measured.WINNERS, "gpu", {"small_d": "mosaic_gpu", "large_d": "xla"})
+    assert api._resolve("auto", measured.SMALL_D) == "mosaic_gpu"
+    assert api._resolve("auto", measured.SMALL_D + 1) == "xla"
 
   def test_empty_rows(self):
     idx, dist = nearest_code(jnp.zeros((2, 0, 8)), jnp.ones((10, 8)))

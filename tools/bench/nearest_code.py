@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from jaxtok.kernels.nearest_code import blocks, nearest_code, pallas_gpu, pallas_tpu  # noqa: E402
+from jaxtok.kernels.nearest_code import (blocks, measured, mosaic_gpu, nearest_code,  # noqa: E402
+                                         pallas_gpu, pallas_tpu)
 
 SHAPES = ((65536, 16384, 8), (65536, 16384, 32), (65536, 4096, 256), (16384, 65536, 16),
           (4096, 262144, 16))
@@ -49,6 +50,9 @@ class Variant:
   def blocks_text(self, n, k, d, dtype) -> str:
     if self.kernel_backend is None:
       return ""
+    if self.kernel_backend == "mosaic":
+      b = mosaic_gpu.choose(n, k)
+      return f"{b.block_n}x{b.block_k} S={b.k_splits}"
     b = self.fixed_blocks or blocks.choose(n, k, d, dtype, self.kernel_backend)
     text = f"{b.block_n}x{b.block_k} S={b.k_splits}"
     if self.kernel_backend == "gpu":
@@ -64,10 +68,13 @@ def implementations(backend: str, metric: str, interpret: bool) -> list[Variant]
   out = [Variant(BASELINE, api(BASELINE)), Variant("xla", api("xla"))]
   if backend in ("gpu", "tpu"):
     out.append(Variant(f"pallas_{backend}", api(f"pallas_{backend}"), backend))
-  elif interpret:
-    for kb, fn in (("gpu", pallas_gpu.nearest_code_pallas_gpu),
-                   ("tpu", pallas_tpu.nearest_code_pallas_tpu)):
-      out.append(Variant(f"pallas_{kb} (interpret)",
+  if backend == "gpu":
+    out.append(Variant("mosaic_gpu", api("mosaic_gpu"), "mosaic"))
+  elif backend != "tpu" and interpret:
+    for name, kb, fn in (("pallas_gpu", "gpu", pallas_gpu.nearest_code_pallas_gpu),
+                         ("mosaic_gpu", "mosaic", mosaic_gpu.nearest_code_mosaic_gpu),
+                         ("pallas_tpu", "tpu", pallas_tpu.nearest_code_pallas_tpu)):
+      out.append(Variant(f"{name} (interpret)",
                          jax.jit(functools.partial(fn, metric=metric, interpret=True)), kb))
   return out
 
@@ -139,6 +146,38 @@ def run(args) -> list[dict]:
   return rows
 
 
+def winners(rows: list[dict], backend: str) -> dict[str, str]:
+  """Per shape class (measured.shape_class), the implementation with the least total time
+  over the shapes and dtypes where every candidate ran (sweeps and the baseline excluded)."""
+  out = {}
+  for cls in ("small_d", "large_d"):
+    cases = [r for r in rows if measured.shape_class(r["D"]) == cls
+             and r["impl"] != BASELINE and "(" not in r["impl"]]
+    impls = {r["impl"] for r in cases}
+    keys = [{(r["N"], r["K"], r["D"], r["dtype"]) for r in cases if r["impl"] == i}
+            for i in impls]
+    common = set.intersection(*keys) if keys else set()
+    totals = {i: sum(r["time_ms"] for r in cases if r["impl"] == i
+                     and (r["N"], r["K"], r["D"], r["dtype"]) in common) for i in impls}
+    if common:
+      out[cls] = min(sorted(totals), key=totals.get)
+  return out
+
+
+def write_winners(path: pathlib.Path, found: dict[str, str], backend: str, meta: dict):
+  """Rewrites measured.py's WINNERS entry for `backend`, keeping the other backends'."""
+  table = {**measured.WINNERS, backend: {**measured.WINNERS.get(backend, {}), **found}}
+  note_start = f"# {backend}: measured on "
+  text = "".join(line for line in path.read_text().splitlines(keepends=True)
+                 if not line.startswith(note_start))
+  start = text.index("WINNERS = {")
+  end = text.index("\n}\n", start) + 3
+  body = "".join(f"    {b!r}: {table[b]!r},\n" for b in sorted(table))
+  note = f"{note_start}{meta['device']}, jax {meta['jax']}, {meta['date']}\n"
+  path.write_text(text[:start] + note + "WINNERS = {\n" + body + "}\n" + text[end:])
+  print(f"wrote {backend} winners {found} to {path}")
+
+
 HEADER = ("| N, K, D | dtype | impl | blocks | time (ms) | pairs/s | vs reference "
           "| index agreement |\n|---|---|---|---|---|---|---|---|")
 
@@ -164,6 +203,8 @@ def main(argv=None):
   parser.add_argument("--sweep", action="store_true",
                       help="on GPU/TPU, also time a few other Pallas block sizes")
   parser.add_argument("--out", type=pathlib.Path, help="write the results to a .md or .json")
+  parser.add_argument("--winners", type=pathlib.Path,
+                      help="rewrite this measured.py's table for this backend (impl='auto')")
   args = parser.parse_args(argv)
 
   device = jax.devices()[0]
@@ -189,6 +230,8 @@ def main(argv=None):
                *map(format_row, rows), ""]
       args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
+  if args.winners and device.platform in ("gpu", "tpu"):
+    write_winners(args.winners, winners(rows, device.platform), device.platform, meta)
 
 
 if __name__ == "__main__":

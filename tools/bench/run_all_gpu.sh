@@ -4,7 +4,11 @@
 # most of it compiling; each benchmark has its own time limit and a failure does not stop the
 # others (the summary at the end lists them).
 #
-#   tools/bench/run_all_gpu.sh [TAG]         # TAG names the files (default: h100)
+#   tools/bench/run_all_gpu.sh [TAG] [COPY_TO]
+#
+# TAG names the files (default: h100); COPY_TO, if given, receives a copy of every table and
+# of jaxtok/kernels/nearest_code/measured.py, which the nearest_code benchmark rewrites with
+# the implementations it measured fastest on this GPU (what impl="auto" picks).
 #
 # The benchmark machine has jax, flax, optax, orbax and chex but not grain or ml-collections,
 # which jaxtok's trainer and configs import. Bring their wheels in .whl/ (ignored by git);
@@ -20,8 +24,9 @@ set -u
 cd "$(dirname "$0")/../.."
 TAG="${1:-h100}"
 PY="${PYTHON:-python3}"
-OUT=benchmarks/results
-mkdir -p "$OUT"
+COPY_TO="${2:-}"
+RESULTS=benchmarks/results
+mkdir -p "$RESULTS"
 if compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -43,23 +48,27 @@ run() {  # run LIMIT_SECONDS NAME COMMAND...: one benchmark in its own process
 }
 
 # One process per case where the table reports the device's peak memory (peak since start).
-run 120 nearest_code "$PY" tools/bench/nearest_code.py --out "$OUT/nearest_code_$TAG.md"
+run 180 nearest_code "$PY" tools/bench/nearest_code.py --out "$RESULTS/nearest_code_$TAG.md" \
+  --winners jaxtok/kernels/nearest_code/measured.py
 run 150 tokenizer_full "$PY" tools/bench/train_step.py --only tokenizer-full \
-  --batches 32 64 96 --out "$OUT/train_tokenizer_full_$TAG.md"
+  --batches 32 64 96 --out "$RESULTS/train_tokenizer_full_$TAG.md"
 run 90 tokenizer_l1 "$PY" tools/bench/train_step.py --only tokenizer-l1 --batches 32 \
-  --out "$OUT/train_tokenizer_l1_$TAG.md"
+  --out "$RESULTS/train_tokenizer_l1_$TAG.md"
 run 60 encode "$PY" tools/bench/train_step.py --only encode --encode-batches 32 \
-  --out "$OUT/encode_$TAG.md"
+  --out "$RESULTS/encode_$TAG.md"
 run 90 gpt "$PY" tools/bench/train_step.py --only gpt --gpt-batches 64 256 \
-  --out "$OUT/train_gpt_$TAG.md"
+  --out "$RESULTS/train_gpt_$TAG.md"
 run 120 sampling "$PY" tools/bench/sampling.py --batches 64 256 --cfg-scale 2.0 \
-  --out "$OUT/sampling_$TAG.md"
+  --out "$RESULTS/sampling_$TAG.md"
 # Compile-only: XLA's GPU cost and memory analyses of the same programs.
-run 240 roofline "$PY" tools/bench/roofline.py --out "$OUT/roofline.md" \
+run 240 roofline "$PY" tools/bench/roofline.py --out "$RESULTS/roofline.md" \
   --section "compiled for the GPU ($TAG)"
 
+if [[ -n "$COPY_TO" ]]; then
+  mkdir -p "$COPY_TO" && cp "$RESULTS"/*.md jaxtok/kernels/nearest_code/measured.py "$COPY_TO"/
+fi
 if ((${#failed[@]})); then
   echo "failed or timed out: ${failed[*]}"
   exit 1
 fi
-echo "all benchmarks written to $OUT/"
+echo "all benchmarks written to $RESULTS/"
