@@ -1,6 +1,8 @@
 """VQGAN: layout and parameter counts of the full-size presets (eval_shape only), tiny-width
 forward passes of every preset, gradients in f32 and bf16."""
 
+import dataclasses
+
 import chex
 import flax.linen as nn
 import jax
@@ -267,3 +269,19 @@ def test_gradients_finite_in_f32_and_bf16_compute(tiny_params, dtype):
   # The straight-through estimator carries the reconstruction gradient into the encoder.
   assert float(jnp.abs(flat["encoder/conv_in/kernel"]).max()) > 0
   assert float(jnp.abs(flat["quantizer/codebook"]).max()) > 0
+
+
+def test_remat_changes_no_parameter_and_no_gradient(tiny_params):
+  images = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3), minval=-1, maxval=1)
+  plain = tiny_model(jnp.float32)
+  remat = plain.clone(config=dataclasses.replace(plain.config, remat=True))
+  assert (jax.tree.structure(jax.eval_shape(remat.init, KEY, images)["params"])
+          == jax.tree.structure(tiny_params))
+
+  def grads(model):
+    def loss_fn(params):
+      out = model.apply({"params": params}, images, train=True)
+      return jnp.mean(jnp.square(out.reconstruction - images)) + out.quantizer_output.loss
+    return jax.jit(jax.grad(loss_fn))(tiny_params)
+
+  chex.assert_trees_all_close(grads(remat), grads(plain), rtol=1e-6, atol=1e-7)

@@ -98,9 +98,11 @@ def nearest_code(tiny: bool) -> list[Program]:
 
 # ------------------------------------------------------------------ tokenizer
 
-def _tokenizer_step(case: str, batch: int, tiny: bool) -> Program:
+def _tokenizer_step(case: str, batch: int, tiny: bool, remat: bool = False) -> Program:
   config = bench_train.tokenizer_config(case, "bf16", tiny)
   config.train.batch_size = batch
+  if remat:  # VQGANConfig.remat: ResnetBlocks recomputed in the backward pass
+    config.model.config = {**config.model.get("config", {}), "remat": True}
   mesh = sharding.make_mesh((1, 1, 1))
   parts = tokenizer_trainer.build_parts(config)
   _, _, _, abstract, step = tokenizer_trainer.jitted_step(parts, config, mesh)
@@ -109,6 +111,7 @@ def _tokenizer_step(case: str, batch: int, tiny: bool) -> Program:
                                           sharding=sharding.batch_sharding(mesh))}
   lpips = aot_compile.lpips_abstract(config, sharding.replicated(mesh))
   what = "full iteration (G + D steps, LPIPS, EMA)" if case == "tokenizer-full" else "L1 + VQ"
+  what += ", ResnetBlocks rematerialized" if remat else ""
   return Program(f"tokenizer {what}", f"batch {batch}, {size}x{size}, bf16", step,
                  (abstract, images, lpips))
 
@@ -131,6 +134,7 @@ def tokenizer(tiny: bool) -> list[Program]:
   if tiny:
     return [_tokenizer_step("tokenizer-full", 4, True), _encode(4, True)]
   return [*(_tokenizer_step("tokenizer-full", b, False) for b in (32, 64, 96)),
+          *(_tokenizer_step("tokenizer-full", b, False, remat=True) for b in (32, 96)),
           _tokenizer_step("tokenizer-l1", 32, False), _encode(32, False)]
 
 
