@@ -321,3 +321,15 @@ class TestBlockSizes:
   def test_chooser_splits_small_n_huge_k(self):
     assert blocks.choose(4096, 2**18, 16, jnp.float32, "gpu").k_splits > 1
     assert blocks.choose(65536, 16384, 8, jnp.float32, "gpu").k_splits == 1
+
+
+@pytest.mark.parametrize("d,dtype", [(8, jnp.float32), (256, jnp.bfloat16)])
+def test_mosaic_gpu_kernel_lowers_for_cuda(monkeypatch, d, dtype):
+  # No GPU here: exporting for CUDA runs the Mosaic GPU lowering (every op of the kernel
+  # needs a rule and a register layout) without compiling or running it. D=8 is the
+  # unrolled small-D path, D=256 the loop over features.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  f = jax.jit(functools.partial(mosaic_gpu.nearest_code_mosaic_gpu, metric="cosine"))
+  exported = jax.export.export(f, platforms=["cuda"])(
+      jax.ShapeDtypeStruct((4096, d), dtype), jax.ShapeDtypeStruct((16384, d), dtype))
+  assert "mosaic_gpu" in exported.mlir_module()
