@@ -39,19 +39,26 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale) -> jax.Array:
 
 def diffusion_loss(predict, schedule: diff.Schedule, x0_NC: jax.Array, key: jax.Array,
                    weights_N: jax.Array | None = None) -> tuple[jax.Array, dict]:
-  """Mean over tokens (weighted by `weights_N`, e.g. MAR's mask) of MSE(eps) + VB.
+  """Mean over tokens (weighted by `weights_N`, e.g. MAR's mask) of MSE(eps) + VB at a
+  uniform step t of the schedule and standard normal noise; see `diffusion_loss_at`.
+  Returns (loss, {"mse", "vb"})."""
+  t_key, noise_key = jax.random.split(key)
+  t_N = jax.random.randint(t_key, (x0_NC.shape[0],), 0, len(schedule.betas))
+  noise_NC = jax.random.normal(noise_key, x0_NC.shape, jnp.float32)
+  return diffusion_loss_at(predict, schedule, x0_NC, t_N, noise_NC, weights_N)
 
-  predict(x_t [N, C], original timesteps int32 [N]) -> [eps, v] [N, 2C]. t is uniform over
-  the schedule's steps, the noise standard normal; VB is the KL of the true posterior to
-  the model's (in bits per channel, the decoder NLL at t = 0), its mean taken from the
-  stopped eps so that only the variances learn from it.
-  Returns (loss, {"mse", "vb"}).
+
+def diffusion_loss_at(predict, schedule: diff.Schedule, x0_NC: jax.Array, t_N: jax.Array,
+                      noise_NC: jax.Array, weights_N: jax.Array | None = None
+                      ) -> tuple[jax.Array, dict]:
+  """MSE(eps) + VB per token at steps t_N (indices into the schedule) with this noise,
+  averaged with `weights_N` (default: all 1).
+
+  predict(x_t [N, C], original timesteps int32 [N]) -> [eps, v] [N, 2C]. VB is the KL of
+  the true posterior to the model's (in bits per channel; the decoder NLL at t = 0), its
+  mean taken from the stopped eps so that only the variances learn from it.
   """
   x0_NC = x0_NC.astype(jnp.float32)
-  num = len(schedule.betas)
-  t_key, noise_key = jax.random.split(key)
-  t_N = jax.random.randint(t_key, (x0_NC.shape[0],), 0, num)
-  noise_NC = jax.random.normal(noise_key, x0_NC.shape, jnp.float32)
   xt_NC = diff.q_sample(schedule, x0_NC, t_N, noise_NC)
   out_N2C = predict(xt_NC, jnp.asarray(schedule.timesteps, jnp.int32)[t_N]).astype(jnp.float32)
   eps_NC, v_NC = jnp.split(out_N2C, 2, axis=-1)
