@@ -214,3 +214,10 @@ def test_released_gpts_pair_with_the_released_vq16_at_their_size(gpt, size):
   assert inference.tokenizer_fingerprint(trained_on) == inference.tokenizer_fingerprint(vq)
   other = converted("llamagen-vq16", image_size=640 - size)
   assert inference.tokenizer_fingerprint(trained_on) != inference.tokenizer_fingerprint(other)
+
+
+def test_option_values_are_json_else_strings():
+  assert convert.parse_options(["image_size=384", "tokenizer=exports/vq 16", "x=true"]) == {
+      "image_size": 384, "tokenizer": "exports/vq 16", "x": True}
+  with pytest.raises(ValueError, match="--option must be NAME=VALUE"):
+    convert.parse_options(["image_size"])
