@@ -18,7 +18,8 @@ paper over by adding eps to the diagonals. Here, in float64 and without eps:
   - from features (`fid_from_features`, fewer images than dimensions): with X1, X2 the
     centred features scaled by 1/sqrt(N - 1), S1 S2 = X1^T (X1 X2^T) X2 has the nonzero
     eigenvalues of (X1 X2^T)(X1 X2^T)^T, so the trace is the sum of the singular values of
-    the small N1 x N2 matrix X1 X2^T: exact, and cheap for small sets.
+    the small N1 x N2 matrix X1 X2^T: exact, and cheap for small sets. Against a statistics
+    file (`fid_against_stats`) the same holds with the N x N matrix X1 S2 X1^T.
 """
 
 import json
@@ -80,6 +81,25 @@ def fid_from_features(features1, features2) -> float:
   diff = mu1 - mu2
   cross = np.sum(np.linalg.svd(a1 @ a2.T, compute_uv=False))
   return float(max(diff @ diff + np.sum(a1 * a1) + np.sum(a2 * a2) - 2 * cross, 0.0))
+
+
+def fid_against_stats(features, mu, sigma) -> float:
+  """FID of a feature set [N, D] against statistics (mu [D], sigma [D, D]). For N <= D the
+  features' covariance is X^T X (X: centred, scaled by 1/sqrt(N - 1)) and S X^T X has the
+  nonzero eigenvalues of the N x N matrix X S X^T: no D x D decomposition is needed."""
+  x = np.asarray(features, np.float64)
+  mu_x, sigma_x = feature_stats(x)
+  if len(x) > x.shape[1]:
+    return frechet_distance(mu_x, sigma_x, mu, sigma)
+  mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+  if mu.shape != mu_x.shape or sigma.shape != sigma_x.shape:
+    raise ValueError(f"statistics must be mu [D] and sigma [D, D] with D = {x.shape[1]}; got "
+                     f"{mu.shape} and {sigma.shape}")
+  a = (x - mu_x) / np.sqrt(len(x) - 1)
+  m = a @ ((sigma + sigma.T) / 2) @ a.T
+  cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)))
+  diff = mu_x - mu
+  return float(max(diff @ diff + np.sum(a * a) + np.trace(sigma) - 2 * cross, 0.0))
 
 
 def save_stats(path: str, mu, sigma, *, protocol: dict | None = None, **extra) -> str:

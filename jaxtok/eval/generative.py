@@ -23,8 +23,7 @@ def compare(feats: dict, ref: dict | None) -> dict:
   precision/recall (k = 3, when `ref` has features) of features {"pool", "logits"?}."""
   out = {}
   if ref is not None and "mu" in ref:  # a statistics file: its own mu and sigma
-    out["fid"] = fid.frechet_distance(*fid.feature_stats(feats["pool"]), ref["mu"],
-                                      ref["sigma"])
+    out["fid"] = fid.fid_against_stats(feats["pool"], ref["mu"], ref["sigma"])
   elif ref is not None:  # an image set: the same FID, from the features
     out["fid"] = fid.fid_from_features(feats["pool"], ref["features"])
   if "logits" in feats and len(feats["logits"]) >= IS_SPLITS:

@@ -110,3 +110,8 @@ def test_few_images_path_equals_the_statistics_path():
   from_stats = fid.frechet_distance(*fid.feature_stats(x), *fid.feature_stats(y))
   assert fid.fid_from_features(x, y) == pytest.approx(from_stats, rel=1e-8)
   assert from_stats == pytest.approx(_scipy_fid(x, y), rel=1e-6)
+  y_stats = fid.feature_stats(y)
+  assert fid.fid_against_stats(x, *y_stats) == pytest.approx(from_stats, rel=1e-8)
+  many = rng.normal(size=(50, 40))  # more images than dimensions: the D x D path
+  assert fid.fid_against_stats(many, *y_stats) == pytest.approx(
+      fid.frechet_distance(*fid.feature_stats(many), *y_stats), rel=1e-12)

@@ -23,7 +23,7 @@ def inception_cache(tmp_path_factory):
     yield
 
 
-def _crops(folder, photo, count, size=32):
+def _crops(folder, photo, count, size=16):  # the tiny tokenizer's size: one Inception compile
   folder.mkdir(parents=True, exist_ok=True)
   image = getattr(skdata, photo)()[..., :3]
   crops = [image[17 * i:17 * i + size, 23 * i:23 * i + size] for i in range(count)]
@@ -83,7 +83,7 @@ def test_bad_arguments_are_one_line_errors(argv, message, capsys, tmp_path, monk
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-  """An untrained tiny VQGAN (trained size 16x16), as exported."""
+  """An untrained tiny VQGAN (16x16 images -> 4x4 tokens of 32 codes), as exported."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -94,6 +94,7 @@ def tiny_export(tmp_path_factory):
   from jaxtok.train import state as state_lib
 
   config = tokenizer_config.get_config("tiny")
+  config.model.config.ch_mult = (1, 2, 2)
   model = build.model(config)
   variables = jax.jit(lambda k: nn.meta.unbox(model.init(
       {"params": k, "quantizer": k}, jnp.zeros((1, 16, 16, 3)))))(state_lib.make_key(0))
@@ -115,7 +116,7 @@ def test_eval_tokenizer_on_a_folder(folders, tiny_export, capsys):
   assert "tokenizer: rfid" in capsys.readouterr().out
 
 
-def test_sample_and_score_in_batches(folders):
+def test_sample_and_score_in_batches(folders, tiny_export):
   """A tiny class-conditional GPT + tokenizer (untrained): 10 samples in batches of 4 (the
   last one padded), classes balanced, scored against an image folder."""
   import flax.linen as nn
@@ -123,18 +124,14 @@ def test_sample_and_score_in_batches(folders):
   import jax.numpy as jnp
 
   from jaxtok import build, inference
+  import jaxtok
   from jaxtok.configs.demo import ar as ar_config
-  from jaxtok.configs.demo import tokenizer as tokenizer_config
   from jaxtok.eval import generative
+  from jaxtok.train import checkpoint
 
   root, _, _ = folders
   key = jax.random.key(0, impl="rbg")
-  tok_config = tokenizer_config.get_config("tiny")
-  tok_config.model.config.ch_mult = (1, 2, 2)  # 16x16 images -> 4x4 tokens
-  tok_model = build.model(tok_config)
-  tok_vars = jax.jit(lambda k: nn.meta.unbox(tok_model.init(
-      {"params": k, "quantizer": k}, jnp.zeros((1, 16, 16, 3)))))(key)
-  tok = inference.LoadedTokenizer(tok_model, dict(tok_vars), tok_config)
+  tok = jaxtok.load(tiny_export)
   gen_config = ar_config.get_config("tiny")
   gen_config.model.num_classes = 3
   gen_model = build.model(gen_config)
@@ -147,3 +144,13 @@ def test_sample_and_score_in_batches(folders):
   assert preview.shape == (6, 16, 16, 3) and preview.dtype == np.uint8
   assert "classes balanced over 3" in result["protocol"]["images"]
   np.testing.assert_array_equal(generative.balanced_labels(4, 4, 3), [1, 2, 0, 1])
+  # The same through `jaxtok sample --fid-ref` on the exports (the compiles are reused).
+  gen_export = inference.save(str(root / "gen"), checkpoint.config_to_json(gen_config),
+                              dict(gen_vars))
+  out = root / "samples"
+  assert cli.main(["sample", "--model", gen_export, "--tokenizer", tiny_export, "--out",
+                   str(out), "--num", "10", "--seed", "1", "--batch-size", "4", "--fid-ref",
+                   str(root / "a")]) == 0
+  scored = json.loads((out / "fid.json").read_text())
+  assert scored["fid"] == pytest.approx(result["fid"], rel=1e-6)
+  assert (out / "samples.png").is_file() and not (out / "samples.npz").exists()
