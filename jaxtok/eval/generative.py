@@ -83,12 +83,25 @@ def balanced_labels(start: int, count: int, num_classes: int) -> np.ndarray:
   return (np.arange(start, start + count) % num_classes).astype(np.int32)
 
 
+def _decoder(generator, tokenizer):
+  """Sampled tokens -> images: continuous latents (MAR) through the tokenizer's
+  `decode_latents`; ids checked eagerly (a ValueError, where a jitted decode could only warn),
+  then decoded."""
+  if getattr(generator.model, "CONTINUOUS_TOKENS", False):
+    return jax.jit(lambda x: tokenizer.model.apply(tokenizer.variables, x,
+                                                   method="decode_latents"))
+  decode = jax.jit(tokenizer.decode)
+  codebook_size = tokenizer.model.quantizer.codebook_size
+  return lambda ids: decode(checked_indices(ids, codebook_size, name="sampled token ids"))
+
+
 def _sample_batches(generator, tokenizer, *, num, seed, class_id, batch_size, options,
                     keep: int, kept: list):
   """uint8 image batches of `num` samples (batch b drawn with fold_in(key(seed), b)); the
   first `keep` images also go to `kept`. Every batch is padded to batch_size (one compile)."""
   model = generator.model
-  decode = jax.jit(tokenizer.decode)
+  decode = _decoder(generator, tokenizer)
+  options = inference.sample_options(generator, tokenizer, options)
   base = jax.random.key(seed)
   for b, start in enumerate(range(0, num, batch_size)):
     n = min(batch_size, num - start)
@@ -98,11 +111,9 @@ def _sample_batches(generator, tokenizer, *, num, seed, class_id, batch_size, op
       labels = balanced_labels(start, batch_size, model.num_classes)
     else:
       labels = None
-    ids = generator.sample(jax.random.fold_in(base, b), labels,
-                           num_samples=None if labels is not None else batch_size, **options)
-    ids = checked_indices(ids, tokenizer.model.quantizer.codebook_size,
-                                    name="sampled token ids")
-    images = np.asarray(image_lib.to_uint8(decode(ids)))[:n]
+    tokens = generator.sample(jax.random.fold_in(base, b), labels,
+                              num_samples=None if labels is not None else batch_size, **options)
+    images = np.asarray(image_lib.to_uint8(decode(tokens)))[:n]
     if len(kept) < keep:
       kept.extend(images[:keep - len(kept)])
     yield images
