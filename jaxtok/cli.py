@@ -120,11 +120,13 @@ def _tokenize(args):
   described = transforms.describe_resolution(resolution, factor=tok.model.downsample_factor,
                                              train_size=tok.image_size)
   print(f"resolution: {described}")
+  latents = tok.model.quantizer.codebook_size == 0  # KL: continuous latents (MAR's inputs)
+  encode = (lambda x: tok.encode(x, return_latents=True)[1]) if latents else tok.encode
   meta = tokens.tokenize_folder(
-      jax.jit(tok.encode), args.images, args.out, image_size=tok.image_size,
+      jax.jit(encode), args.images, args.out, image_size=tok.image_size,
       codebook_size=tok.model.quantizer.codebook_size, tokenizer_config=tok.config.to_dict(),
       resolution=resolution, num_shards=args.shards, batch_size=args.batch_size,
-      max_skipped=args.max_skipped, progress=True)
+      max_skipped=args.max_skipped, progress=True, dtype="float32" if latents else "int32")
   print(pipeline.describe_skipped(meta["skipped"], meta["ignored"]))
   print(f"{meta['num_records']} images -> tokens {meta['token_shape']} in "
         f"{len(meta['shards'])} shard(s) under {args.out} ({len(meta['skipped'])} skipped)")
@@ -132,6 +134,7 @@ def _tokenize(args):
 
 def _sample(args):
   from jaxtok import inference
+  from jaxtok.models.generators.mar import MAR
   from jaxtok.models.generators.maskgit import MaskGIT
 
   # Checked before loading (slow) and sampling (slower), naming the flags.
@@ -149,7 +152,7 @@ def _sample(args):
   options = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                  top_p=args.top_p)
   masked = {"num_steps": args.num_steps, "choice_temperature": args.choice_temperature}
-  if isinstance(generator.model, MaskGIT):
+  if isinstance(generator.model, (MaskGIT, MAR)):  # iterative samplers
     options.update({k: v for k, v in masked.items() if v is not None})
   elif any(v is not None for v in masked.values()):
     raise ValueError("--num-steps and --choice-temperature are MaskGIT options; "

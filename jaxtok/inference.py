@@ -276,9 +276,13 @@ def sample_images(generator: LoadedGenerator, tokenizer: LoadedTokenizer, *, num
   options = sample_options(generator, tokenizer, options)
   ids = generator.sample(seed, labels, num_samples=None if labels is not None else num,
                          **options)
-  # Checked here, eagerly, for a ValueError: in the jitted decode it could only warn.
-  ids = checked_indices(ids, tokenizer.model.quantizer.codebook_size, name="sampled token ids")
-  images = jax.jit(tokenizer.decode)(ids)
+  if getattr(model, "CONTINUOUS_TOKENS", False):  # MAR: latents, decoded as such
+    images = jax.jit(lambda x: tokenizer.model.apply(tokenizer.variables, x,
+                                                     method="decode_latents"))(ids)
+  else:  # checked here, eagerly, for a ValueError: in the jitted decode it could only warn
+    ids = checked_indices(ids, tokenizer.model.quantizer.codebook_size,
+                          name="sampled token ids")
+    images = jax.jit(tokenizer.decode)(ids)
   return {"tokens": np.asarray(ids),
           "labels": np.full((num,), -1 if class_id is None else class_id, np.int32),
           "images": np.asarray(image_lib.to_uint8(images))}

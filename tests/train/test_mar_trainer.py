@@ -1,5 +1,6 @@
 """The MAR trainer on latent shards: the diffusion loss falls on a learnable latent pattern,
-a step on 8 devices equals the single-device step, and the trained model samples latents.
+a step on 8 devices equals the single-device step; `jaxtok tokenize` writes a KL tokenizer's
+latents and `jaxtok sample` decodes MAR samples with it.
 
 One training subprocess (sharing the persistent compile cache of the other training tests).
 """
@@ -16,9 +17,16 @@ import orbax.checkpoint as ocp
 import pytest
 from array_record.python import array_record_module
 
+import flax.linen as nn
+import jax.numpy as jnp
+from PIL import Image
+
+from jaxtok import build, cli, inference
+from jaxtok.configs.demo import kl_tokenizer
 from jaxtok.configs.demo import mar as mar_config
 from jaxtok.data import tokens as token_data
 from jaxtok.train import checkpoint, generator, loop, mar_trainer, sharding
+from jaxtok.train import state as state_lib
 from jaxtok.train.metrics import read_jsonl
 from tests.train.conftest import REPO, subprocess_env
 
@@ -65,7 +73,7 @@ def run(tmp_path_factory):
   """(workdir, latent_dir, result): 32 latent grids, each channel a smooth ramp with its own
   sign and offset, so the visible tokens predict the masked ones."""
   rng = np.random.default_rng(0)
-  ramp = np.linspace(-1, 1, 9).reshape(1, 3, 3, 1)
+  ramp = np.linspace(-1, 1, 16).reshape(1, 4, 4, 1)
   latents = (rng.choice([-1.0, 1.0], (32, 1, 1, 4)) * ramp
              + 0.3 * rng.standard_normal((32, 1, 1, 4))).astype(np.float32)
   latent_dir = write_latents(tmp_path_factory.mktemp("latents"), latents)
@@ -125,3 +133,46 @@ def test_latent_shards_round_trip_and_are_checked(tmp_path):
   with pytest.raises(ValueError, match=r"reads float latents \(3, 3, 4\)"):
     token_data.labelled_latents(str(tmp_path / "float32"), "none", token_shape=(3, 3),
                                 token_dim=4, num_classes=0)
+
+
+def _kl_tokenizer_export(out) -> str:
+  """A tiny untrained KL tokenizer: 16x16 images -> 4x4 latents of 4 channels."""
+  config = kl_tokenizer.get_config("tiny")
+  config.model.config.ch_mult = (1, 2, 2)
+  config.quantizer.dim = 4
+  tokenizer = build.model(config)
+  variables = jax.jit(lambda k: nn.meta.unbox(tokenizer.init(
+      {"params": k, "quantizer": k}, jnp.zeros((1, 16, 16, 3)))))(state_lib.make_key(0))
+  return inference.save(str(out), checkpoint.config_to_json(config), dict(variables))
+
+
+def test_tokenize_writes_latents_and_sample_decodes_mar_samples(run, tmp_path):
+  workdir, _, _ = run
+  tokenizer = _kl_tokenizer_export(tmp_path / "kl")
+  images = tmp_path / "images"
+  images.mkdir()
+  pixels = np.random.default_rng(3).integers(0, 256, (3, 16, 16, 3), np.uint8)
+  for i, image in enumerate(pixels):
+    Image.fromarray(image).save(images / f"{i}.png")
+  latents = tmp_path / "latents"
+  assert cli.main(["tokenize", "--model", tokenizer, "--images", str(images), "--out",
+                   str(latents)]) == 0
+  source = token_data.labelled_latents(str(latents), "none", token_shape=(4, 4), token_dim=4,
+                                       num_classes=0)
+  tok = jaxtok_load(tokenizer)
+  want = np.asarray(tok.encode(pixels, return_latents=True)[1])
+  np.testing.assert_allclose(np.stack([source[i]["tokens"] for i in range(3)]), want,
+                             atol=1e-5, rtol=0)
+  export = str(tmp_path / "export")
+  assert cli.main(["export", "--workdir", workdir, "--out", export]) == 0
+  out = tmp_path / "samples"
+  assert cli.main(["sample", "--model", export, "--tokenizer", tokenizer, "--out", str(out),
+                   "--num", "2", "--seed", "1", "--num-steps", "3"]) == 0
+  sampled = np.load(out / "samples.npz")["tokens"]
+  assert sampled.shape == (2, 4, 4, 4) and sampled.dtype == np.float32
+  assert Image.open(out / "samples.png").size[0] > 16
+
+
+def jaxtok_load(path):
+  import jaxtok  # pylint: disable=g-import-not-at-top
+  return jaxtok.load(path)

@@ -13,7 +13,7 @@ about 1.0 (the zero-initialised head predicts no noise) as the head learns; the 
 on a learnable latent pattern falls by more than 0.2 in 12 steps (tests/train/
 test_mar_trainer.py).
 
-`get_config("tiny")` is the test-sized variant (3x3 grids of 4 channels).
+`get_config("tiny")` is the test-sized variant (4x4 grids of 4 channels).
 """
 
 import ml_collections
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = "mar"  # `jaxtok train` runs jaxtok/train/mar_trainer.py
   # "<module>.<Class>" under jaxtok.models.generators and MAR fields; token_shape and
   # token_dim must match the latent directory's records [h, w, C].
-  c.model = dict(name="mar.MAR", token_shape=(3, 3) if tiny else (8, 8),
+  c.model = dict(name="mar.MAR", token_shape=(4, 4) if tiny else (8, 8),
                  token_dim=4 if tiny else 8, num_classes=0, width=32 if tiny else 128,
                  depth=1 if tiny else 3, num_heads=2 if tiny else 4,
                  buffer_size=2 if tiny else 16, head_width=32 if tiny else 256,

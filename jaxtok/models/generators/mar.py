@@ -95,10 +95,17 @@ class MAR(Presets, nn.Module):
   dtype: jnp.dtype = jnp.float32  # compute dtype; params, positions and the head's output f32
   scan_layers: bool = True
 
+  CONTINUOUS_TOKENS = True  # samples latents for the tokenizer's decode_latents
+
   @property
   def num_tokens(self) -> int:
     """T, the tokens per sample."""
     return math.prod(self.token_shape)
+
+  @property
+  def codebook_size(self) -> int:
+    """0: continuous tokens (a KL tokenizer's, whose codebook_size is 0 too)."""
+    return 0
 
   def setup(self):
     if len(self.token_shape) != 2 or min(self.token_shape) < 1:
@@ -191,8 +198,9 @@ class MAR(Presets, nn.Module):
 
   def sample(self, params, rng, labels=None, *, num_samples: int | None = None,
              num_steps: int = 64, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
-             temperature: float = 1.0, sampling_steps: int = 100,
-             sampler: str = "ddpm") -> jax.Array:
+             temperature: float = 1.0, sampling_steps: int = 100, sampler: str = "ddpm",
+             top_k: int = 0, top_p: float = 1.0,
+             choice_temperature: float | None = None) -> jax.Array:
     """Samples latents [B, *token_shape, C] (f32) in `num_steps` iterations, one jitted
     program per (num_steps, sampling_steps, ...) setting; the same seed gives the same latents.
 
@@ -201,7 +209,12 @@ class MAR(Presets, nn.Module):
     "linear" schedule (1 + (scale - 1) (T - still masked) / T) or "constant".
     temperature scales the diffusion noise; sampling_steps respaces the 1000-step diffusion;
     sampler "ddpm" (MAR's) or "ddim". MAR-B's published setting: 256 iterations, cfg 2.9.
+    top_k, top_p and choice_temperature (options of the discrete samplers) must stay unset.
     """
+    if top_k != 0 or top_p != 1.0 or choice_temperature is not None:
+      raise ValueError(f"top_k, top_p and choice_temperature filter discrete tokens; MAR draws "
+                       f"continuous ones: leave them unset (got top_k={top_k}, top_p={top_p}, "
+                       f"choice_temperature={choice_temperature})")
     config = sampling.SamplingConfig(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
     if int(num_steps) != num_steps or not 1 <= num_steps <= self.num_tokens:
       raise ValueError(f"num_steps must be an integer in [1, {self.num_tokens}]; got "
