@@ -11,10 +11,11 @@ group consecutive images of one size); at N each image's shorter side is resized
 made. The Inception then resizes to 299 (the protocol's own step).
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,6 +55,40 @@ def _npz_images(path: str) -> np.ndarray:
   return images
 
 
+def _load(folder: str, prepare: Callable, key: str) -> tuple[str, np.ndarray | None, str | None]:
+  try:
+    with open(os.path.join(folder, key), "rb") as f:
+      return key, prepare(transforms.decode_image(f.read())), None
+  except Exception as e:  # pylint: disable=broad-except  # any failure = a bad file
+    return key, None, f"{type(e).__name__}: {e}"
+
+
+def read_files(folder: str, keys: Sequence[str], prepare: Callable, *,
+               max_skipped: int | float, skipped: dict[str, str], threads: int = 16,
+               chunk: int = 256) -> Iterator[tuple[str, np.ndarray]]:
+  """(key, prepare(decoded uint8 image)) in order, as `pipeline.read_files` (bad files go to
+  `skipped` within the `max_skipped` budget, then BadDataError), but decoded by `threads`
+  threads, one chunk of files ahead of the consumer, so decoding overlaps the Inception."""
+  budget = pipeline.resolve_budget(max_skipped, len(keys))
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    submit = lambda start: [pool.submit(_load, folder, prepare, k)
+                            for k in keys[start:start + chunk]]
+    pending, start = submit(0), chunk
+    while pending:
+      ahead, start = submit(start), start + chunk
+      for future in pending:
+        key, image, error = future.result()
+        if error is None:
+          yield key, image
+          continue
+        skipped[key] = error
+        if len(skipped) > budget or len(skipped) == len(keys):
+          raise pipeline.BadDataError(pipeline.budget_message(
+              skipped, total=len(keys), name=repr(folder), max_skipped=max_skipped,
+              budget=budget, unit="files"))
+      pending = ahead
+
+
 def _array_batches(images: np.ndarray, batch_size: int, prepare) -> Iterator[np.ndarray]:
   for start in range(0, len(images), batch_size):
     part = images[start:start + batch_size]
@@ -79,8 +114,8 @@ def open_images(path: str, *, resolution: int | None = None, batch_size: int = 2
     if not keys:
       raise ValueError(sources.no_images_message(path))
     skipped: dict[str, str] = {}
-    files = pipeline.read_files(folder, keys, prepare or (lambda x: x),
-                                max_skipped=max_skipped, skipped=skipped)
+    files = read_files(folder, keys, prepare or (lambda x: x), max_skipped=max_skipped,
+                       skipped=skipped)
     batches = (b for _, b in pipeline.batch_by_shape(files, batch_size))
     return ImageSet(batches, len(keys), f"{len(keys)} files under {path} ({what})", skipped)
   source = sources.ArrayRecordSource(path)

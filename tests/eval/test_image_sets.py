@@ -39,6 +39,19 @@ def test_folders_batch_by_size_or_resize_to_one(tmp_path):
   assert fixed.total == 4 and "central 16x16 crop" in fixed.description
 
 
+def test_bad_files_are_skipped_within_the_budget_in_order(tmp_path):
+  folder = _folder(tmp_path / "f", [(8, 8)] * 5)
+  (folder / "2.png").write_bytes(b"not a png")
+  skipped = {}
+  keys = [f"{i}.png" for i in range(5)]
+  read = image_sets.read_files(str(folder), keys, lambda x: x, max_skipped=1, skipped=skipped,
+                               threads=3, chunk=2)
+  assert [k for k, _ in read] == ["0.png", "1.png", "3.png", "4.png"]
+  assert list(skipped) == ["2.png"]
+  with pytest.raises(ValueError, match="could not be read"):
+    list(image_sets.read_files(str(folder), keys, lambda x: x, max_skipped=0, skipped={}))
+
+
 def test_npz_and_arrayrecord_sets(tmp_path):
   images = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3), np.uint8)
   np.savez(tmp_path / "batch.npz", arr_0=images)
