@@ -23,6 +23,7 @@ from jaxtok import inference, weights as weight_files
 # Keys of the wrapper dicts training scripts save around a state dict, in the order tried.
 WRAPPERS = ("model", "state_dict", "module", "params", "net", "generator")
 PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, Lightning
+EMA_KEYS = ("ema", "model_ema")  # where use_ema finds the EMA weights (MAR: "model_ema")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +86,11 @@ def state_dict(obj: Any, *, use_ema: bool = False, where: str = "checkpoint") ->
   if not isinstance(obj, Mapping):
     raise ValueError(f"{where}: holds a {type(obj).__name__}, not a state dict")
   if use_ema:
-    if "ema" not in obj:
+    key = next((k for k in EMA_KEYS if k in obj), None)
+    if key is None:
       raise ValueError(f"{where}: use_ema asks for its 'ema' weights, but its top-level keys "
                        f"are {sorted(map(str, obj))[:8]}")
-    obj = obj["ema"]
+    obj = obj[key]
   while (inner := next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), Mapping)),
                         None)) is not None:
     obj = inner

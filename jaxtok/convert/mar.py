@@ -9,8 +9,8 @@ final_norm; `*_pos_embed_learned` / `fake_latent` / `mask_token` lose their lead
 the diffusion MLP `diffloss.net.*` -> head/* (time_embed.mlp.0 / 2 -> time_fc1 / 2,
 res_blocks.i.{in_ln, mlp.0, mlp.2, adaLN_modulation.1} -> block_i_{norm, fc1, fc2,
 modulation}, final_layer.{linear, adaLN_modulation.1} -> out / final_modulation). The
-released files hold "model" and "model_ema"; "model" is converted (MAR's evaluation reads
-"model_ema": pass that state dict's file to convert the EMA weights).
+released files hold "model" and "model_ema"; MAR's evaluation samples with "model_ema",
+which `--ema` converts ("model" by default).
 """
 
 from jaxtok.convert.common import Source, Weights, linear, nest, stack

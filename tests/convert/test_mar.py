@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import jaxtok
-from jaxtok import convert
+from jaxtok import convert, weights
+from jaxtok.convert import common
 from jaxtok.losses import diffusion as loss_lib
 from jaxtok.models.generators import diffusion as diff
 from jaxtok.models.generators.mar import MAR
@@ -62,3 +63,15 @@ def test_training_loss_terms_match_the_authors(converted):
                                         jnp.asarray(ref["train_steps"]), ref["noise"])
   np.testing.assert_allclose(parts["mse"], ref["mse"].mean(), rtol=1e-4)
   np.testing.assert_allclose(parts["vb"], ref["vb"].mean(), rtol=1e-4)
+
+
+def test_ema_weights_convert_with_use_ema(tmp_path):
+  path = os.path.join(FIXTURES, "mar.pth")
+  config, ema = convert.sources()["mar-b"].convert_state(
+      common.state_dict(weights.read_object(path), use_ema=True), token_shape=[3, 3],
+      num_heads=2)
+  _, plain = convert.sources()["mar-b"].convert_state(
+      common.state_dict(weights.read_object(path)), token_shape=[3, 3], num_heads=2)
+  assert config["model"]["depth"] == 2
+  np.testing.assert_allclose(ema["params"]["fake_latent"], plain["params"]["fake_latent"] + 0.5,
+                             atol=1e-6)
