@@ -14,7 +14,10 @@ Run:
   jaxtok sample --model runs/demo_var/export --tokenizer runs/demo_var_tokenizer/export \
       --out runs/demo_var_samples
 
-Expected: see the README section "VAR".
+Expected on the 2048 crops (tokenized by the 600-step tokenizer: 85 ids each): the training
+loss (cross-entropy with VAR's label smoothing 0.1) falls from ln 256 = 5.55 to 4.86 at step
+50 and about 4.0-4.1 at steps 300-400, next-token accuracy 0.15 (0.13 on the last, 8x8
+scale); 5.4 minutes on 2 busy CPU cores; samples.png shows photo-like colour fields.
 
 `get_config("tiny")` is the test-sized variant (21 tokens of 32 codes, scales 1, 2, 4).
 """

@@ -6,7 +6,10 @@ Run:
 
   jaxtok train --config configs/demo/var_tokenizer.py --workdir runs/demo_var_tokenizer
 
-Expected on the held-out photo after 600 steps: see "Expected" in configs/demo/var.py.
+Expected on the held-out photo after 600 steps (measured: 20 minutes on 2 busy CPU cores,
+compilation included): PSNR 23.5 dB, SSIM 0.55, LPIPS 0.46, 62 % of the 256 codes in use
+(perplexity 114); the single-scale demo VQGAN reaches 26 dB with its EMA codebook, VAR's
+learned codebook with 85 tokens over four scales trails it here.
 
 `get_config("tiny")` is the 16x16, few-step variant the tests train (scales 1, 2, 4 on a
 4x4 latent: 21 tokens of 32 codes).
