@@ -11,16 +11,16 @@ import subprocess
 import sys
 
 import flax
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from array_record.python import array_record_module
-
-import flax.linen as nn
-import jax.numpy as jnp
 from PIL import Image
 
+import jaxtok
 from jaxtok import build, cli, inference
 from jaxtok.configs.demo import kl_tokenizer
 from jaxtok.configs.demo import mar as mar_config
@@ -159,7 +159,7 @@ def test_tokenize_writes_latents_and_sample_decodes_mar_samples(run, tmp_path):
                    str(latents)]) == 0
   source = token_data.labelled_latents(str(latents), "none", token_shape=(4, 4), token_dim=4,
                                        num_classes=0)
-  tok = jaxtok_load(tokenizer)
+  tok = jaxtok.load(tokenizer)
   want = np.asarray(tok.encode(pixels, return_latents=True)[1])
   np.testing.assert_allclose(np.stack([source[i]["tokens"] for i in range(3)]), want,
                              atol=1e-5, rtol=0)
@@ -171,8 +171,3 @@ def test_tokenize_writes_latents_and_sample_decodes_mar_samples(run, tmp_path):
   sampled = np.load(out / "samples.npz")["tokens"]
   assert sampled.shape == (2, 4, 4, 4) and sampled.dtype == np.float32
   assert Image.open(out / "samples.png").size[0] > 16
-
-
-def jaxtok_load(path):
-  import jaxtok  # pylint: disable=g-import-not-at-top
-  return jaxtok.load(path)
