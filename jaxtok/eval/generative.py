@@ -19,13 +19,14 @@ IS_SPLITS = 10
 
 
 def compare(feats: dict, ref: dict | None) -> dict:
-  """FID (against `ref`'s mu/sigma, or its features), IS (10 splits, when there are logits and >= 10 images) and
+  """FID and sFID (against `ref`'s mu/sigma and mu_s/sigma_s, or its features), IS (10 splits, when there are logits and >= 10 images) and
   precision/recall (k = 3, when `ref` has features) of features {"pool", "logits"?}."""
   out = {}
   if ref is not None and "mu" in ref:  # a statistics file: its own mu and sigma
     out["fid"] = fid.fid_against_stats(feats["pool"], ref["mu"], ref["sigma"])
   elif ref is not None:  # an image set: the same FID, from the features
     out["fid"] = fid.fid_from_features(feats["pool"], ref["features"])
+  out["sfid"] = _sfid(feats, ref)
   if "logits" in feats and len(feats["logits"]) >= IS_SPLITS:
     out["inception_score"], out["inception_score_std"] = scores.inception_score(
         feats["logits"], splits=IS_SPLITS)
@@ -35,6 +36,18 @@ def compare(feats: dict, ref: dict | None) -> dict:
                                                    len(feats["pool"])) > PR_NEIGHBOURS:
     out.update(scores.precision_recall(ref["features"], feats["pool"], k=PR_NEIGHBOURS))
   return out
+
+
+def _sfid(feats: dict, ref: dict | None) -> float | None:
+  """sFID (the spatial features' FID) when both sides have them at one size (299 inputs)."""
+  if ref is None or "spatial" not in feats:
+    return None
+  spatial = feats["spatial"]
+  if "mu_s" in ref and ref["mu_s"].shape == spatial.shape[1:]:
+    return fid.fid_against_stats(spatial, ref["mu_s"], ref["sigma_s"])
+  if "spatial" in ref and ref["spatial"].shape[1:] == spatial.shape[1:]:
+    return fid.fid_from_features(spatial, ref["spatial"])
+  return None
 
 
 def _extract(extractor: features_lib.InceptionFeatures, progress: bool):
@@ -73,7 +86,9 @@ def fid_of_images(images: str, ref: str | None = None, *, resolution: int | None
   if image_set.skipped:
     result["protocol"]["skipped"] = dict(image_set.skipped)
   if save_stats is not None:
-    fid.save_stats(save_stats, *fid.feature_stats(feats["pool"]), protocol=result["protocol"])
+    mu_s, sigma_s = fid.feature_stats(feats["spatial"])
+    fid.save_stats(save_stats, *fid.feature_stats(feats["pool"]), protocol=result["protocol"],
+                   mu_s=mu_s, sigma_s=sigma_s)
   return result
 
 

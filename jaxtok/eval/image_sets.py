@@ -135,7 +135,8 @@ def protocol(images: str, num_images: int, reference: str | None = None) -> dict
   out = {"inception": INCEPTION,
          "resize": f"images -> {inception.INPUT_SIZE}x{inception.INPUT_SIZE} by TensorFlow's "
                    f"legacy bilinear resize (float, unrounded), then (x - 128) / 128",
-         "features": "pool_3, 2048-d; statistics in float64, covariance with N - 1",
+         "features": "pool_3, 2048-d (sFID: mixed_6/conv, first 7 channels, 17x17x7, as the "
+                     "ADM evaluator); statistics in float64, covariance with N - 1",
          "images": images, "num_images": int(num_images)}
   if reference is not None:
     out["reference"] = reference
@@ -155,7 +156,7 @@ def reference_stats(ref: str, features_of: Callable[[ImageSet], dict], *,
                     resolution: int | None, batch_size: int) -> dict:
   """{"mu", "sigma", "description"} of a statistics file `ref`, plus "features" of the ADM
   reference batch's arr_0 images when present (precision and recall); {"features",
-  "description"} of an image set."""
+  "spatial", "description"} of an image set."""
   if ref.endswith(".npz") and os.path.isfile(ref):
     with np.load(ref, allow_pickle=False) as data:
       is_stats = all(k in data.files for k in fid.STATS_KEYS)
@@ -163,8 +164,8 @@ def reference_stats(ref: str, features_of: Callable[[ImageSet], dict], *,
       stats = fid.load_stats(ref)
       saved = stats.get("protocol", {})
       count = saved.get("num_images")
-      out = {"mu": stats["mu"], "sigma": stats["sigma"],
-             "description": f"statistics file {ref}" + (f" ({count} images)" if count else "")}
+      out = {k: stats[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in stats}
+      out["description"] = f"statistics file {ref}" + (f" ({count} images)" if count else "")
       if "images" in stats:
         images = stats["images"]
         feats = features_of(ImageSet(_array_batches(images, batch_size, None), len(images),
@@ -173,4 +174,8 @@ def reference_stats(ref: str, features_of: Callable[[ImageSet], dict], *,
         out["description"] += f"; precision/recall against its {len(images)} arr_0 images"
       return out
   image_set = open_images(ref, resolution=resolution, batch_size=batch_size)
-  return {"features": features_of(image_set)["pool"], "description": image_set.description}
+  feats = features_of(image_set)
+  out = {"features": feats["pool"], "description": image_set.description}
+  if "spatial" in feats:
+    out["spatial"] = feats["spatial"]
+  return out

@@ -24,6 +24,7 @@ import numpy as np
 INPUT_SIZE = 299  # the graph's resize target
 FEATURES = 2048  # pool_3
 NUM_CLASSES = 1008  # the graph's softmax (1000 ImageNet classes + 8 unused)
+SPATIAL_CHANNELS = 7  # sFID (Nash et al. 2021, the ADM evaluator): mixed_6/conv[..., :7]
 MIN_SIZE = 75  # the smallest input the two stride-2 stages and three reductions leave >= 1x1
 _BN_EPS = 1e-3
 
@@ -180,7 +181,9 @@ class InceptionV3(nn.Module):
   defined on 8-bit images, so float images are quantized by the caller) at any size >= 75,
   resizes them to `resize_to` with TensorFlow's legacy bilinear resize and returns
   {"pool": f32 [B, 2048]} (the spatial mean of the last block; at 299x299 the graph's 8x8
-  average pool), plus {"logits": [B, 1008]} when `num_classes` is set.
+  average pool) and {"spatial": [B, 17 * 17 * 7]} (at 299x299: the first 7 channels of
+  mixed_6/conv, flattened in HWC order, the sFID features of the ADM evaluator), plus
+  {"logits": [B, 1008]} when `num_classes` is set.
   """
 
   resize_to: int | None = INPUT_SIZE  # None: no resize (the input must be >= 75)
@@ -209,9 +212,11 @@ class InceptionV3(nn.Module):
     for i, (kind, width) in enumerate((("A", 32), ("A", 64), ("A", 64), ("B", 0), ("C", 128),
                                        ("C", 160), ("C", 160), ("C", 192), ("D", 0))):
       x = _Mixed(kind, width, p, name="mixed" if i == 0 else f"mixed_{i}")(x)
+      if i == 6:  # mixed_6/conv leads the concat: its first channels are sFID's features
+        spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = _MixedE(False, p, name="mixed_9")(x)
     x = _MixedE(True, p, name="mixed_10")(x)
-    out = {"pool": jnp.mean(x, axis=(1, 2))}
+    out = {"pool": jnp.mean(x, axis=(1, 2)), "spatial": spatial}
     if self.num_classes:
       out["logits"] = nn.Dense(self.num_classes, precision=p, name="fc")(out["pool"])
     return out

@@ -64,6 +64,7 @@ def test_fid_between_folders_and_against_saved_stats(folders, capsys):
                    *BATCH]) == 0
   result_b = json.loads(out_b.read_text())
   assert result_b["fid"] == pytest.approx(result["fid"], rel=1e-6)
+  assert result["sfid"] > 1.0 and result_b["sfid"] == pytest.approx(result["sfid"], rel=1e-6)
   assert result_b["protocol"]["reference"] == f"statistics file {stats} (6 images)"
 
 

