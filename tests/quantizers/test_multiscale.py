@@ -52,13 +52,18 @@ def reference():
 
 def test_matches_var_at_every_scale(reference):
   model, variables, ref = reference
-  out = jax.jit(model.apply)(variables, jnp.asarray(ref["latent"]))
+
+  @jax.jit
+  def run(z):
+    out = model.apply(variables, z)
+    maps = model.apply(variables, z, method="encode_scales")
+    return out, maps, model.apply(variables, out.indices, method="next_scale_inputs")
+
+  out, maps, tf_input = run(jnp.asarray(ref["latent"]))
   assert out.indices.shape == (2, sum(p * p for p in SCALES)) and out.indices.dtype == jnp.int32
   np.testing.assert_array_equal(out.indices, ref["ids"])  # identical at every scale
   np.testing.assert_allclose(out.quantized, ref["f_hat"], atol=1e-5)
-  tf_input = model.apply(variables, out.indices, method="next_scale_inputs")
   np.testing.assert_allclose(tf_input, ref["tf_input"], atol=1e-5)
-  maps = model.apply(variables, jnp.asarray(ref["latent"]), method="encode_scales")
   assert [m.shape[1:] for m in maps] == [(p, p) for p in SCALES]
   np.testing.assert_array_equal(jnp.concatenate([m.reshape(2, -1) for m in maps], 1), ref["ids"])
 
@@ -66,13 +71,19 @@ def test_matches_var_at_every_scale(reference):
 def test_every_prefix_decodes_and_the_full_set_is_quantized(reference):
   model, variables, ref = reference
   z = jnp.asarray(ref["latent"])
-  out = model.apply(variables, z)
+
+  @jax.jit
+  def prefixes(z):
+    out = model.apply(variables, z)
+    return out, [model.apply(variables, out.indices[:, :end], method="indices_to_codes")
+                 for _, end in scale_bounds(SCALES)]
+
+  out, decoded = prefixes(z)
   errors = [float(jnp.mean(jnp.square(z)))]
-  for (_, end), pn in zip(scale_bounds(SCALES), SCALES):
-    codes = model.apply(variables, out.indices[:, :end], method="indices_to_codes")
+  for codes in decoded:
     assert codes.shape == z.shape
     errors.append(float(jnp.mean(jnp.square(codes - z))))
-  np.testing.assert_array_equal(codes, out.quantized)  # the full set: quantized, exactly
+  np.testing.assert_array_equal(decoded[-1], out.quantized)  # the full set: exactly quantized
   assert errors[-1] < 0.5 * errors[0], errors
   assert [m.shape for m in split_scales(out.indices[:, :14], SCALES)] == [
       (2, 1, 1), (2, 2, 2), (2, 3, 3)]
@@ -88,7 +99,7 @@ def test_loss_trains_codebook_and_phi_and_gradient_reaches_z(reference):
     out = model.apply({"params": params}, z)
     return out.loss + jnp.sum(out.quantized * 0.1), out.metrics
 
-  (value, metrics), (g_params, g_z) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+  (value, metrics), (g_params, g_z) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
       variables["params"], z)
   assert np.isfinite(value) and 0 < float(metrics["usage"]) <= 1
   assert float(jnp.abs(g_params["codebook"]).sum()) > 0
