@@ -99,10 +99,8 @@ def nearest_code(tiny: bool) -> list[Program]:
 # ------------------------------------------------------------------ tokenizer
 
 def _tokenizer_step(case: str, batch: int, tiny: bool, remat: bool = False) -> Program:
-  config = bench_train.tokenizer_config(case, "bf16", tiny)
+  config = bench_train.tokenizer_config(case, "bf16", tiny, remat)
   config.train.batch_size = batch
-  if remat:  # VQGANConfig.remat: ResnetBlocks recomputed in the backward pass
-    config.model.config = {**config.model.get("config", {}), "remat": True}
   mesh = sharding.make_mesh((1, 1, 1))
   parts = tokenizer_trainer.build_parts(config)
   _, _, _, abstract, step = tokenizer_trainer.jitted_step(parts, config, mesh)

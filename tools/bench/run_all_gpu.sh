@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs every benchmark of tools/bench/ on one GPU and writes benchmarks/results/*_<tag>.md
-# (each table names the device, the JAX version and the date). About 5-8 minutes on an H100,
+# (each table names the device, the JAX version and the date). About 8 minutes on an H100,
 # most of it compiling; each benchmark has its own time limit and a failure does not stop the
 # others (the summary at the end lists them).
 #
-#   tools/bench/run_all_gpu.sh [TAG] [COPY_TO]
+#   tools/bench/run_all_gpu.sh [TAG] [COPY_TO] [NAME ...]
 #
-# TAG names the files (default: h100); COPY_TO, if given, receives a copy of every table and
-# of jaxtok/kernels/nearest_code/measured.py, which the nearest_code benchmark rewrites with
-# the implementations it measured fastest on this GPU (what impl="auto" picks).
+# TAG names the files (default: h100); COPY_TO, if given and not "-", receives
+# results_<TAG>.tgz: every table and jaxtok/kernels/nearest_code/measured.py, which the
+# nearest_code benchmark rewrites with the implementations it measured fastest on this GPU
+# (what impl="auto" picks). NAMEs run only those benchmarks (nearest_code tokenizer_full
+# tokenizer_full_remat tokenizer_l1 encode gpt sampling roofline), e.g. to split the run over
+# two calls of a machine lent for 10 minutes a call.
 #
 # The benchmark machine has jax, flax, optax, orbax and chex but not grain or ml-collections,
 # which jaxtok's trainer and configs import. Bring their wheels in .whl/ (ignored by git);
@@ -25,6 +28,8 @@ cd "$(dirname "$0")/../.."
 TAG="${1:-h100}"
 PY="${PYTHON:-python3}"
 COPY_TO="${2:-}"
+[[ "$COPY_TO" == "-" ]] && COPY_TO=""
+ONLY=("${@:3}")
 RESULTS=benchmarks/results
 mkdir -p "$RESULTS"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -39,6 +44,9 @@ failed=()
 run() {  # run LIMIT_SECONDS NAME COMMAND...: one benchmark in its own process
   local limit=$1 name=$2
   shift 2
+  if ((${#ONLY[@]})) && [[ " ${ONLY[*]} " != *" $name "* ]]; then
+    return
+  fi
   echo "=== $name: $*"
   local t0=$SECONDS
   if ! timeout "$limit" "$@"; then
@@ -52,6 +60,8 @@ run 180 nearest_code "$PY" tools/bench/nearest_code.py --out "$RESULTS/nearest_c
   --winners jaxtok/kernels/nearest_code/measured.py
 run 150 tokenizer_full "$PY" tools/bench/train_step.py --only tokenizer-full \
   --batches 32 64 96 --out "$RESULTS/train_tokenizer_full_$TAG.md"
+run 120 tokenizer_full_remat "$PY" tools/bench/train_step.py --only tokenizer-full --remat \
+  --batches 32 96 --out "$RESULTS/train_tokenizer_full_remat_$TAG.md"
 run 90 tokenizer_l1 "$PY" tools/bench/train_step.py --only tokenizer-l1 --batches 32 \
   --out "$RESULTS/train_tokenizer_l1_$TAG.md"
 run 60 encode "$PY" tools/bench/train_step.py --only encode --encode-batches 32 \
@@ -61,11 +71,13 @@ run 90 gpt "$PY" tools/bench/train_step.py --only gpt --gpt-batches 64 256 \
 run 120 sampling "$PY" tools/bench/sampling.py --batches 64 256 --cfg-scale 2.0 \
   --out "$RESULTS/sampling_$TAG.md"
 # Compile-only: XLA's GPU cost and memory analyses of the same programs.
-run 240 roofline "$PY" tools/bench/roofline.py --out "$RESULTS/roofline.md" \
+run 240 roofline "$PY" tools/bench/roofline.py --only tokenizer gpt_decode sampler \
+  --out "$RESULTS/roofline.md" \
   --section "compiled for the GPU ($TAG)"
 
 if [[ -n "$COPY_TO" ]]; then
-  mkdir -p "$COPY_TO" && cp "$RESULTS"/*.md jaxtok/kernels/nearest_code/measured.py "$COPY_TO"/
+  mkdir -p "$COPY_TO" && tar czf "$COPY_TO/results_$TAG.tgz" "$RESULTS" \
+    jaxtok/kernels/nearest_code/measured.py
 fi
 if ((${#failed[@]})); then
   echo "failed or timed out: ${failed[*]}"

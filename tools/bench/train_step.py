@@ -99,12 +99,16 @@ def is_oom(e: Exception) -> bool:
 
 # ------------------------------------------------------------------ tokenizer cases
 
-def tokenizer_config(case: str, dtype: str, cpu: bool):
-  """The config of a tokenizer case; on CPU the tiny demo with the same loss switches."""
+def tokenizer_config(case: str, dtype: str, cpu: bool, remat: bool = False):
+  """The config of a tokenizer case; on CPU the tiny demo with the same loss switches.
+
+  remat: VQGANConfig.remat (ResnetBlocks recomputed in the backward pass, less memory)."""
   if cpu:
     config = load_config("configs/demo/tokenizer.py:tiny")
   else:
     config = load_config("configs/tokenizers/llamagen_vq16.py")
+  if remat:
+    config.model.config = {**config.model.get("config", {}), "remat": True}
   config.train.compute_dtype = DTYPES[dtype]
   config.mesh.shape = (1, 1, 1)
   if case == "tokenizer-full":
@@ -137,7 +141,7 @@ def random_images(batch: int, size: int, mesh) -> dict:
 
 
 def bench_tokenizer(case: str, batch: int, args, cpu: bool) -> dict:
-  config = tokenizer_config(case, args.dtype, cpu)
+  config = tokenizer_config(case, args.dtype, cpu, args.remat)
   config.train.batch_size = batch
   mesh = sharding.make_mesh(config.mesh.shape)
   parts = tokenizer_trainer.build_parts(config)
@@ -158,8 +162,9 @@ def bench_tokenizer(case: str, batch: int, args, cpu: bool) -> dict:
   if parts.discriminator is not None:
     losses.insert(-1, "PatchGAN + D step")
   size = config.data.image_size
+  remat = ", ResnetBlocks remat" if args.remat else ""
   return {"case": case, "what": f"tokenizer {param_count(abstract.params) / 1e6:.1f} M, "
-                                f"{size}x{size}, " + " + ".join(losses),
+                                f"{size}x{size}, " + " + ".join(losses) + remat,
           "batch": batch, "time_s": seconds, "images_per_s": batch / seconds,
           "xla_estimate_bytes": xla_estimate(compiled)}
 
@@ -291,6 +296,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--gpt-batches", nargs="+", type=int, default=[64, 256])
   parser.add_argument("--encode-batches", nargs="+", type=int, default=[32])
   parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+  parser.add_argument("--remat", action="store_true",
+                      help="tokenizer cases: VQGANConfig.remat (recompute ResnetBlocks)")
   parser.add_argument("--peak-tflops", type=float, default=989.0,
                       help="peak dense FLOP/s of the chip in the dtype, for MFU")
   parser.add_argument("--warmup", type=int, default=2)
