@@ -62,6 +62,9 @@ def test_sampling_schedule_is_marss_cosine():
   assert counts == want and counts[0] == 255 and counts[1] == 254 and counts[-1] == 1
   # Fewer iterations than cosine steps allow: every iteration still reveals a token.
   assert float(mar.masked_after(0, 4, 4, 4.0)) == 3.0
+  # The sampler draws max_due tokens per iteration: the most due at once, plus 2.
+  dues = [256 - counts[0]] + [a - b for a, b in zip(counts, counts[1:-1])] + [counts[-2]]
+  assert mar.max_due(64, 256) == max(dues) + 2 == 9 and mar.max_due(1, 9) == 9
 
 
 def test_encoder_ignores_masked_tokens(tiny):
@@ -82,6 +85,7 @@ def test_sampler_is_seeded_and_guided(tiny):
   kwargs = dict(num_steps=3, sampling_steps=8)
   a = model.sample(variables, 0, labels, cfg_scale=2.0, **kwargs)
   assert a.shape == (2, 3, 3, 4) and a.dtype == jnp.float32 and np.isfinite(a).all()
+  assert (np.asarray(a) != 0).all()  # every token drawn (the grid starts at 0)
   np.testing.assert_array_equal(a, model.sample(variables, 0, labels, cfg_scale=2.0, **kwargs))
   assert not np.allclose(a, model.sample(variables, 1, labels, cfg_scale=2.0, **kwargs))
   assert not np.allclose(a, model.sample(variables, 0, labels, **kwargs))  # guidance matters

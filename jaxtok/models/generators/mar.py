@@ -230,19 +230,34 @@ class MAR(Presets, nn.Module):
                    sampler, variables, labels_B, drop_B, sampling.as_key(rng))
 
 
+def max_due(num_steps: int, num_tokens: int) -> int:
+  """The most tokens MAR's sampler draws in one iteration (plus 2: the jitted schedule runs in
+  f32, whose floor may differ by one from this f64 count), at most T."""
+  still, most = num_tokens, 0
+  for step in range(num_steps):
+    after = max(1, min(still - 1, math.floor(
+        num_tokens * math.cos(math.pi / 2 * (step + 1) / num_steps))))
+    due = still if step == num_steps - 1 else still - after
+    most, still = max(most, due), after
+  return min(num_tokens, most + 2)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "config", "temperature",
                                              "sampling_steps", "sampler"))
 def _sample(model: MAR, num_steps: int, config, temperature: float, sampling_steps: int,
             sampler: str, variables, labels_B, drop_B, rng) -> jax.Array:
-  """MAR's loop: each iteration runs the transformers on the current tokens, draws every
-  token with the head and keeps the draws of those due at this iteration (the next ones in
-  each sample's order). The iteration at step i uses fold_in(rng, i + 1)."""
+  """MAR's loop: each iteration runs the transformers on the current tokens and draws the
+  tokens due (the next ones in each sample's order) with the head: the due positions come
+  first in a fixed-size gather of `max_due` positions per sample, the rest of which is
+  drawn and discarded. The iteration at step i uses fold_in(rng, i + 1)."""
   batch, num_tokens, channels = labels_B.shape[0], model.num_tokens, model.token_dim
   schedule = diffusion.make_schedule(1000, sampling_steps)
+  width = max_due(num_steps, num_tokens)  # K
   rank_BT = random_ranks(jax.random.fold_in(rng, 0), batch, num_tokens)
   if config.guidance:
     labels_B = jnp.concatenate([labels_B, labels_B])
     drop_B = jnp.concatenate([drop_B, jnp.ones_like(drop_B)])
+  double = (lambda a: jnp.concatenate([a, a])) if config.guidance else (lambda a: a)
 
   def body(step, carry):
     tokens_BTC, mask_BT = carry
@@ -251,24 +266,30 @@ def _sample(model: MAR, num_steps: int, config, temperature: float, sampling_ste
     count = masked_after(step, num_steps, num_tokens, still)
     mask_next = rank_BT < count
     due_BT = jnp.where(step >= num_steps - 1, mask_BT, mask_BT & ~mask_next)
-    double = (lambda a: jnp.concatenate([a, a])) if config.guidance else (lambda a: a)
-    z = model.apply(variables, double(tokens_BTC), double(mask_BT), labels_B, drop_B,
-                    method=MAR.condition).reshape(-1, model.width)
+    pick_BK = jnp.argsort(~due_BT, axis=1, stable=True)[:, :width]  # due positions first
+    z_BTE = model.apply(variables, double(tokens_BTC), double(mask_BT), labels_B, drop_B,
+                        method=MAR.condition)
+    z_NE = jnp.take_along_axis(z_BTE, double(pick_BK)[..., None], axis=1).reshape(
+        -1, model.width)
     scale = (1.0 + (config.cfg_scale - 1.0) * (num_tokens - count) / num_tokens
              if config.cfg_schedule == "linear" else config.cfg_scale)
 
     def predict(x_NC, t_N):
-      out = model.apply(variables, double(x_NC), double(t_N), z, method=MAR.denoise)
+      out = model.apply(variables, double(x_NC), double(t_N), z_NE, method=MAR.denoise)
       if not config.guidance:
         return out
       cond, uncond = jnp.split(out, 2)
       eps = sampling.cfg_logits(cond[:, :channels], uncond[:, :channels], scale)
       return jnp.concatenate([eps, cond[:, channels:]], axis=-1)
 
-    noise = jax.random.normal(key, (batch * num_tokens, channels), jnp.float32)
-    drawn = diffusion.sample_loop(predict, schedule, noise, jax.random.fold_in(key, 1),
-                                  temperature=temperature, sampler=sampler)
-    tokens_BTC = jnp.where(due_BT[..., None], drawn.reshape(tokens_BTC.shape), tokens_BTC)
+    noise = jax.random.normal(key, (batch * width, channels), jnp.float32)
+    drawn_BKC = diffusion.sample_loop(predict, schedule, noise, jax.random.fold_in(key, 1),
+                                      temperature=temperature, sampler=sampler
+                                      ).reshape(batch, width, channels)
+    keep_BK1 = jnp.take_along_axis(due_BT, pick_BK, axis=1)[..., None]
+    old_BKC = jnp.take_along_axis(tokens_BTC, pick_BK[..., None], axis=1)
+    rows_B1 = jnp.arange(batch)[:, None]
+    tokens_BTC = tokens_BTC.at[rows_B1, pick_BK].set(jnp.where(keep_BK1, drawn_BKC, old_BKC))
     return tokens_BTC, mask_next
 
   tokens = jnp.zeros((batch, num_tokens, channels), jnp.float32)
