@@ -102,6 +102,29 @@ def test_kv_cache_sampling_equals_teacher_forcing_under_greedy(tiny):
   np.testing.assert_array_equal(again, ids)
 
 
+def test_training_drops_the_class_and_paths(tiny):
+  """train=True: condition dropout 1 is the null class for every sample; stochastic depth
+  changes the output with the rng and leaves eval untouched."""
+  model, variables, _, _ = tiny
+  inputs = jax.random.normal(jax.random.key(6), (2, L - 1, D))
+  labels = jnp.array([1, 2])
+
+  @jax.jit
+  def run(key):
+    dropped = model.clone(cond_dropout=1.0).apply(variables, inputs, labels, train=True,
+                                                  rngs={"dropout": key})
+    null = model.apply(variables, inputs, labels, drop_cond=jnp.ones((2,), bool))
+    deep = model.clone(cond_dropout=0.0, drop_path_rate=0.5)
+    return (dropped, null, deep.apply(variables, inputs, labels, train=True,
+                                      rngs={"dropout": key}),
+            deep.apply(variables, inputs, labels), model.apply(variables, inputs, labels))
+
+  dropped, null, stochastic, deep_eval, plain = run(jax.random.key(7))
+  np.testing.assert_allclose(dropped, null, rtol=1e-5, atol=1e-5)  # other fusions: ulps
+  np.testing.assert_array_equal(deep_eval, plain)  # drop path is off outside training
+  assert np.isfinite(stochastic).all() and not np.allclose(stochastic, plain)
+
+
 def test_inputs_are_checked(tiny):
   model, variables, _, _ = tiny
   with pytest.raises(ValueError, match=r"inputs must be \[B, 29, 4\]"):
