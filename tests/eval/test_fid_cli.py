@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from jaxtok import cli
-from jaxtok.eval import fid, features
+from jaxtok.eval import features, fid, inception_weights
 
 BATCH = ["--batch-size", "8"]
 
@@ -18,8 +18,9 @@ BATCH = ["--batch-size", "8"]
 @pytest.fixture(scope="module", autouse=True)
 def inception_cache(tmp_path_factory):
   """The converted Inception weights go to a temporary cache, not the user's."""
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("JAXTOK_CACHE", str(tmp_path_factory.mktemp("cache")))
+  folder = str(tmp_path_factory.mktemp("inception"))
+  with pytest.MonkeyPatch.context() as mp:  # not JAXTOK_CACHE: the CLI's compile cache reads it
+    mp.setattr(inception_weights, "cache_dir", lambda: folder)
     yield
 
 
