@@ -19,8 +19,9 @@ IS_SPLITS = 10
 
 
 def compare(feats: dict, ref: dict | None) -> dict:
-  """FID and sFID (against `ref`'s mu/sigma and mu_s/sigma_s, or its features), IS (10 splits, when there are logits and >= 10 images) and
-  precision/recall (k = 3, when `ref` has features) of features {"pool", "logits"?}."""
+  """FID and sFID (against `ref`'s mu/sigma and mu_s/sigma_s, or its features), IS (10
+  splits, when there are logits and >= 10 images) and precision/recall (k = 3, when `ref`
+  has features) of features {"pool", "spatial", "logits"?}."""
   out = {}
   if ref is not None and "mu" in ref:  # a statistics file: its own mu and sigma
     out["fid"] = fid.fid_against_stats(feats["pool"], ref["mu"], ref["sigma"])
@@ -62,7 +63,7 @@ def fid_of_images(images: str, ref: str | None = None, *, resolution: int | None
                   save_stats: str | None = None, max_skipped: int | float = 0,
                   extractor: features_lib.InceptionFeatures | None = None,
                   progress: bool = True) -> dict:
-  """FID, IS, precision/recall of the image set `images` against `ref` (an image set or a
+  """FID, sFID, IS, precision/recall of the image set `images` against `ref` (an image set or a
   stats `.npz`; see `image_sets`), with the protocol. `save_stats` writes the statistics of
   `images` (with the protocol) for later runs. Without `ref` only the statistics (and IS) are
   computed."""
