@@ -10,8 +10,9 @@ Logical axis names on parameters: "embed", "mlp", "heads", "kv", "norm", and "la
 stacked layer axis of a scanned stack.
 
 KV-cache decoding (causal stacks): pass `cache` (a `KVCache` stacked heads first
-[L, B, N, S, H], from `KVCache.zeros(..., num_layers=L, heads_first=True)`) and `cache_index` (how many tokens it holds) and the call
-returns (x, updated cache) instead of x; see `Attention.decode`.
+[L, B, N, S, H], from `KVCache.zeros(..., num_layers=L, heads_first=True)`) and
+`cache_index` (how many tokens it holds) and the call returns (x, updated cache) instead of
+x; see `Attention.decode`.
 """
 
 import dataclasses

@@ -299,9 +299,10 @@ class GPT(Presets, nn.Module):
     params: the variables ({"params": ...}) or the bare params tree. rng: a key or an int
     seed; the same seed gives the same samples. labels: int [B] class ids; None for the
     null class (then num_samples, or the prefix, gives B). prefix: [B, P-1, C] when the
-    model has prefix tokens (None: the null prefix). cfg_scale != 1 runs the null condition alongside (batch 2B);
-    cfg_schedule "linear" ramps the scale over the T steps. temperature (0: greedy), top_k
-    (0: off) and top_p (1: off) shape each draw; see sampling.SamplingConfig.
+    model has prefix tokens (None: the null prefix). cfg_scale != 1 runs the null condition
+    alongside (batch 2B); cfg_schedule "linear" ramps the scale over the T steps.
+    temperature (0: greedy), top_k (0: off) and top_p (1: off) shape each draw; see
+    sampling.SamplingConfig.
     """
     config = sampling.SamplingConfig(temperature, top_k, top_p, cfg_scale, cfg_schedule)
     if labels is None and prefix is not None:  # conditioned on the prefix alone
