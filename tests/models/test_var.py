@@ -126,9 +126,14 @@ def test_training_drops_the_class_and_paths(tiny):
 
 
 def test_inputs_are_checked(tiny):
-  model, variables, _, _ = tiny
+  model, variables, quantizer, q_vars = tiny
   with pytest.raises(ValueError, match=r"inputs must be \[B, 29, 4\]"):
     model.apply(variables, jnp.zeros((1, 28, D)), jnp.array([0]))
+  with pytest.raises(ValueError, match="needs quantizer= and quantizer_variables="):
+    model.sample(variables, 0, jnp.array([0]))
+  with pytest.raises(ValueError, match=r"patch_nums \(1, 2, 3, 4\); got MultiScaleVQ"):
+    model.sample(variables, 0, jnp.array([0]), quantizer=MultiScaleVQ(K, D, (1, 2)),
+                 quantizer_variables=q_vars)
 
 
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),

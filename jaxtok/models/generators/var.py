@@ -212,8 +212,8 @@ class VAR(Presets, nn.Module):
                                     cache_index=jnp.asarray(begin, jnp.int32))
     return self.head(h_BTE, cond_BE), cache
 
-  def sample(self, params, rng, labels=None, *, quantizer: nn.Module, quantizer_variables,
-             num_samples: int | None = None, cfg_scale: float = 1.0,
+  def sample(self, params, rng, labels=None, *, quantizer: nn.Module | None = None,
+             quantizer_variables=None, num_samples: int | None = None, cfg_scale: float = 1.0,
              cfg_schedule: sampling.CfgSchedule = "linear", temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0) -> jax.Array:
     """Samples flat int32 ids [B, L] scale by scale, in one jitted program with a KV cache.
@@ -224,9 +224,14 @@ class VAR(Presets, nn.Module):
     runs the null class alongside; cfg_schedule "linear" is VAR's ramp (`var_cfg_scale`).
     temperature (0: greedy), top_k, top_p: see sampling.SamplingConfig.
     """
-    if tuple(quantizer.patch_nums) != tuple(self.patch_nums):
-      raise ValueError(f"quantizer.patch_nums {quantizer.patch_nums} must equal the model's "
-                       f"{self.patch_nums}")
+    if quantizer is None or quantizer_variables is None:
+      raise ValueError("VAR.sample needs quantizer= and quantizer_variables= (the tokenizer's "
+                       "MultiScaleVQ and its variables: jaxtok.inference.sample_options gives "
+                       "them for a loaded pair)")
+    if tuple(getattr(quantizer, "patch_nums", ())) != tuple(self.patch_nums):
+      raise ValueError(f"quantizer must be a MultiScaleVQ with the model's patch_nums "
+                       f"{self.patch_nums}; got {type(quantizer).__name__} "
+                       f"{getattr(quantizer, 'patch_nums', '')}")
     config = sampling.SamplingConfig(temperature, top_k, top_p, cfg_scale, cfg_schedule)
     batch = sampling.resolve_batch(labels, num_samples, self.num_classes, config)
     labels_B = (jnp.full((batch,), self.num_classes, jnp.int32) if labels is None
