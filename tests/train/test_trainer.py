@@ -219,3 +219,27 @@ def test_lecam_regularises_the_discriminator_only(tiny_single):
                                rtol=1e-5)
     np.testing.assert_allclose(new.lecam["fake"], (1 - decay) * m_plain["logits_fake"],
                                rtol=1e-5)
+
+
+def test_without_adaptive_weight_one_backward_pass_gives_the_two_parts_gradient(monkeypatch):
+  """loss.adaptive_weight=False takes one backward pass of nll + w * adv; with the adaptive
+  weight pinned to 1 the two-pass path must give the same gradient."""
+  config = demo_config.get_config("tiny")
+  parts = tokenizer_trainer.build_parts(config)
+  host = nn.meta.unbox(jax.jit(lambda k: tokenizer_trainer.init_state(parts, 16, k))(
+      state.make_key(0)))
+  images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1, maxval=1)
+  q_key, drop_key = jax.random.split(jax.random.key(2))
+
+  def grads(adaptive: bool):
+    loss = tokenizer_trainer.LossConfig(**{**config.loss.to_dict(), "perceptual_weight": 0.0,
+                                           "adaptive_weight": adaptive})
+    update = tokenizer_trainer.make_generator_update(parts.tokenizer, parts.discriminator,
+                                                     parts.tx, loss, 0.99)
+    return jax.jit(update)(host, images, jnp.float32(0.5), {}, q_key, drop_key)[2]
+
+  monkeypatch.setattr(tokenizer_trainer.losses, "adaptive_weight", lambda a, b: jnp.float32(1))
+  one_pass, two_passes = grads(False), grads(True)
+  for a, b in zip(jax.tree.leaves(one_pass), jax.tree.leaves(two_passes)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(one_pass)) > 0
