@@ -21,7 +21,10 @@ compiles the jitted function on abstract arguments and prints:
 - the time each implies on an H100 SXM (--peak-tflops 989 bf16 dense, --hbm-tbps 3.35):
   max(FLOPs / peak, bytes / bandwidth), and which bound it is.
 
-A ratio above 1.5 of XLA's FLOPs or bytes over the ideal is flagged as waste. On a CPU the
+A ratio above 1.5 of XLA's FLOPs or bytes over the ideal is flagged as waste. The ideal
+FLOPs are those the program's own jaxpr asks for: work duplicated in the jaxpr itself (a
+second backward pass, a rematerialization) is in both columns and must be found by reading
+the program (the tokenizer step's second backward pass was found that way). On a CPU the
 figures reflect the CPU backend's fusion decisions (each fusion's operands count as bytes
 accessed, and the CPU fuses less than the GPU): they find waste in the program (copies,
 f32 where bf16 was configured, recomputation), they are not GPU measurements.
