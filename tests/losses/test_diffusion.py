@@ -87,7 +87,7 @@ def test_head_learns_the_mixtures_noise_prediction():
       (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt = tx.update(grads, opt, params)
       return (optax.apply_updates(params, updates), opt), (loss, parts["vb"])
-    (params, _), out = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, 800))
+    (params, _), out = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, 400))
     return params, out
 
   params, (losses, vb) = train(params, jax.random.key(1))

@@ -88,6 +88,10 @@ def test_sampler_is_seeded_and_guided(tiny):
   assert (np.asarray(a) != 0).all()  # every token drawn (the grid starts at 0)
   np.testing.assert_array_equal(a, model.sample(variables, 0, labels, cfg_scale=2.0, **kwargs))
   assert not np.allclose(a, model.sample(variables, 1, labels, cfg_scale=2.0, **kwargs))
-  assert not np.allclose(a, model.sample(variables, 0, labels, **kwargs))  # guidance matters
+  plain = model.sample(variables, 0, labels, **kwargs)
+  assert not np.allclose(a, plain)  # guidance matters
+  # clip_x0 bounds x0 and so the last step's output (at t = 0: x0 itself, no noise).
+  clipped = model.sample(variables, 0, labels, clip_x0=0.5, **kwargs)
+  assert np.abs(plain).max() > 1.0 and np.abs(clipped).max() <= 0.5 + 1e-3
   with pytest.raises(ValueError, match="num_steps must be an integer in"):
     model.sample(variables, 0, labels, num_steps=10)

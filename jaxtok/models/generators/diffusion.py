@@ -97,39 +97,52 @@ def predicted_x0(s: Schedule, xt_NC, t_N, eps_NC) -> jax.Array:
           - _at(np.sqrt(1.0 / s.alphas_cumprod - 1.0), t_N) * eps_NC)
 
 
-def model_distribution(s: Schedule, out_N2C, xt_NC, t_N):
-  """p(x_{t-1} | x_t) from the head's output [eps, v]: (mean, log-variance, x0)."""
+def model_distribution(s: Schedule, out_N2C, xt_NC, t_N, clip_x0: float | None = None):
+  """p(x_{t-1} | x_t) from the head's output [eps, v]: (mean, log-variance, x0); with
+  clip_x0 the x0 prediction is clamped to [-clip_x0, clip_x0] first (guided diffusion's
+  clip_denoised; MAR samples unclamped)."""
   eps_NC, v_NC = jnp.split(out_N2C.astype(jnp.float32), 2, axis=-1)
   frac = (v_NC + 1.0) / 2.0
   log_var = (frac * _at(np.log(s.betas), t_N)
              + (1.0 - frac) * _at(s.posterior_log_variance_clipped, t_N))
   x0 = predicted_x0(s, xt_NC, t_N, eps_NC)
+  if clip_x0 is not None:
+    x0 = jnp.clip(x0, -clip_x0, clip_x0)
   mean, _ = q_posterior(s, x0, xt_NC, t_N)
   return mean, log_var, x0
 
 
-def ddpm_step(s: Schedule, out_N2C, xt_NC, t_N, noise_NC, temperature: float = 1.0):
+def ddpm_step(s: Schedule, out_N2C, xt_NC, t_N, noise_NC, temperature: float = 1.0,
+              clip_x0: float | None = None):
   """One ancestral step: mean + exp(log_var / 2) noise temperature (no noise at t = 0)."""
-  mean, log_var, _ = model_distribution(s, out_N2C, xt_NC, t_N)
+  mean, log_var, _ = model_distribution(s, out_N2C, xt_NC, t_N, clip_x0)
   nonzero = (t_N != 0).astype(jnp.float32)[:, None]
   return mean + nonzero * jnp.exp(0.5 * log_var) * noise_NC * temperature
 
 
-def ddim_step(s: Schedule, out_N2C, xt_NC, t_N) -> jax.Array:
-  """One deterministic DDIM step (eta 0): sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps."""
+def ddim_step(s: Schedule, out_N2C, xt_NC, t_N, clip_x0: float | None = None) -> jax.Array:
+  """One deterministic DDIM step (eta 0): sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps,
+  eps recomputed from the (clamped, with clip_x0) x0."""
   eps_NC = jnp.split(out_N2C.astype(jnp.float32), 2, axis=-1)[0]
   x0 = predicted_x0(s, xt_NC, t_N, eps_NC)
+  if clip_x0 is not None:
+    x0 = jnp.clip(x0, -clip_x0, clip_x0)
+    eps_NC = ((_at(np.sqrt(1.0 / s.alphas_cumprod), t_N) * xt_NC - x0)
+              / _at(np.sqrt(1.0 / s.alphas_cumprod - 1.0), t_N))
   return (_at(np.sqrt(s.alphas_cumprod_prev), t_N) * x0
           + _at(np.sqrt(1.0 - s.alphas_cumprod_prev), t_N) * eps_NC)
 
 
 def sample_loop(predict, s: Schedule, noise_NC: jax.Array, key: jax.Array, *,
-                temperature: float = 1.0, sampler: str = "ddpm") -> jax.Array:
+                temperature: float = 1.0, sampler: str = "ddpm",
+                clip_x0: float | None = None) -> jax.Array:
   """x_0 from x_T = noise_NC through every step of `s`, last to first, in a fori_loop.
 
   predict(x_t [N, C], original timesteps int32 [N]) -> [eps, v] [N, 2C]. "ddpm": ancestral
   sampling with the learned variances and the noise scaled by `temperature` (MAR's sampler);
-  "ddim": deterministic, temperature scales only the starting noise.
+  "ddim": deterministic, temperature scales only the starting noise. clip_x0: see
+  `model_distribution` (the first steps divide by sqrt(abar) ~ 5e-5 in the cosine schedule,
+  so a head that is not yet precise there can throw x0 far off without it).
   """
   if sampler not in ("ddpm", "ddim"):
     raise ValueError(f"sampler must be 'ddpm' or 'ddim'; got {sampler!r}")
@@ -142,9 +155,9 @@ def sample_loop(predict, s: Schedule, noise_NC: jax.Array, key: jax.Array, *,
     t_N = jnp.full((x.shape[0],), t, jnp.int32)
     out = predict(x, timesteps[t_N])
     if sampler == "ddim":
-      return ddim_step(s, out, x, t_N)
+      return ddim_step(s, out, x, t_N, clip_x0)
     noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
-    return ddpm_step(s, out, x, t_N, noise, temperature)
+    return ddpm_step(s, out, x, t_N, noise, temperature, clip_x0)
 
   return jax.lax.fori_loop(0, num, body, x)
 

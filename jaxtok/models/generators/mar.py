@@ -92,6 +92,7 @@ class MAR(Presets, nn.Module):
   head_depth: int = 3
   cond_dropout: float = 0.1  # probability of the null class in training (CFG)
   dropout: float = 0.1  # residual dropout in the transformer blocks
+  sample_clip: float | None = None  # sampling clamps x0 predictions to +-this (None: MAR's)
   dtype: jnp.dtype = jnp.float32  # compute dtype; params, positions and the head's output f32
   scan_layers: bool = True
 
@@ -199,8 +200,8 @@ class MAR(Presets, nn.Module):
   def sample(self, params, rng, labels=None, *, num_samples: int | None = None,
              num_steps: int = 64, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
              temperature: float = 1.0, sampling_steps: int = 100, sampler: str = "ddpm",
-             top_k: int = 0, top_p: float = 1.0,
-             choice_temperature: float | None = None) -> jax.Array:
+             top_k: int = 0, top_p: float = 1.0, choice_temperature: float | None = None,
+             clip_x0: float | None = None) -> jax.Array:
     """Samples latents [B, *token_shape, C] (f32) in `num_steps` iterations, one jitted
     program per (num_steps, sampling_steps, ...) setting; the same seed gives the same latents.
 
@@ -209,7 +210,11 @@ class MAR(Presets, nn.Module):
     "linear" schedule (1 + (scale - 1) (T - still masked) / T) or "constant".
     temperature scales the diffusion noise; sampling_steps respaces the 1000-step diffusion;
     sampler "ddpm" (MAR's) or "ddim". MAR-B's published setting: 256 iterations, cfg 2.9.
-    top_k, top_p and choice_temperature (options of the discrete samplers) must stay unset.
+    clip_x0 (default: the `sample_clip` field) clamps the head's x0 predictions to
+    [-clip_x0, clip_x0]: a small or young head is not precise enough for the cosine
+    schedule's first steps (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), sqrt(abar) ~ 5e-5)
+    and throws the latents far off without it. top_k, top_p and choice_temperature (options
+    of the discrete samplers) must stay unset.
     """
     if top_k != 0 or top_p != 1.0 or choice_temperature is not None:
       raise ValueError(f"top_k, top_p and choice_temperature filter discrete tokens; MAR draws "
@@ -226,8 +231,10 @@ class MAR(Presets, nn.Module):
                 else jnp.asarray(labels, jnp.int32))
     drop_B = jnp.full((batch,), labels is None or self.num_classes == 0)
     variables = params if "params" in params else {"params": params}
+    clip = self.sample_clip if clip_x0 is None else clip_x0
     return _sample(self, int(num_steps), config, float(temperature), int(sampling_steps),
-                   sampler, variables, labels_B, drop_B, sampling.as_key(rng))
+                   sampler, None if clip is None else float(clip), variables, labels_B, drop_B,
+                   sampling.as_key(rng))
 
 
 def max_due(num_steps: int, num_tokens: int) -> int:
@@ -243,9 +250,9 @@ def max_due(num_steps: int, num_tokens: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "config", "temperature",
-                                             "sampling_steps", "sampler"))
+                                             "sampling_steps", "sampler", "clip_x0"))
 def _sample(model: MAR, num_steps: int, config, temperature: float, sampling_steps: int,
-            sampler: str, variables, labels_B, drop_B, rng) -> jax.Array:
+            sampler: str, clip_x0, variables, labels_B, drop_B, rng) -> jax.Array:
   """MAR's loop: each iteration runs the transformers on the current tokens and draws the
   tokens due (the next ones in each sample's order) with the head: the due positions come
   first in a fixed-size gather of `max_due` positions per sample, the rest of which is
@@ -284,8 +291,8 @@ def _sample(model: MAR, num_steps: int, config, temperature: float, sampling_ste
 
     noise = jax.random.normal(key, (batch * width, channels), jnp.float32)
     drawn_BKC = diffusion.sample_loop(predict, schedule, noise, jax.random.fold_in(key, 1),
-                                      temperature=temperature, sampler=sampler
-                                      ).reshape(batch, width, channels)
+                                      temperature=temperature, sampler=sampler,
+                                      clip_x0=clip_x0).reshape(batch, width, channels)
     keep_BK1 = jnp.take_along_axis(due_BT, pick_BK, axis=1)[..., None]
     old_BKC = jnp.take_along_axis(tokens_BTC, pick_BK[..., None], axis=1)
     rows_B1 = jnp.arange(batch)[:, None]
