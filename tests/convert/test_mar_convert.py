@@ -1,21 +1,27 @@
 """MAR converter: the authors' tiny random MAR (tools/fixtures/mar.py) converts to the same
 decoder output z, the same diffusion-head output, the same reverse-step distribution and the
-same training loss terms; the diffusion schedules equal theirs."""
+same training loss terms; the diffusion schedules equal theirs; every released size's
+manifest converts into its preset with the authors' count."""
 
+import glob
+import json
 import os
 
+import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 import jaxtok
-from jaxtok import convert, weights
+from jaxtok import build, convert, inference, weights
 from jaxtok.convert import common
 from jaxtok.losses import diffusion as loss_lib
 from jaxtok.models.generators import diffusion as diff
 from jaxtok.models.generators.mar import MAR
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mar")
+MANIFESTS = sorted(glob.glob(os.path.join(FIXTURES, "..", "manifests", "mar-*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +81,21 @@ def test_ema_weights_convert_with_use_ema(tmp_path):
   assert config["model"]["depth"] == 2
   np.testing.assert_allclose(ema["params"]["fake_latent"], plain["params"]["fake_latent"] + 0.5,
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: os.path.basename(p)[:-5])
+def test_every_release_converts_to_its_preset(path):
+  """The state dict names and shapes of each released file (the authors' code on torch's
+  meta device, tools/fixtures/mar.py --manifests) convert into the preset exactly, with
+  the authors' parameter count."""
+  with open(path) as f:
+    manifest = json.load(f)
+  source = convert.sources()[manifest["source"]]
+  assert source.files == (manifest["file"],)
+  config, variables = source.convert_state(common.abstract(manifest["tensors"]),
+                                           manifest["file"])
+  assert set(config["model"]) == {"name", "preset"}  # the preset exactly
+  config = ml_collections.ConfigDict(config)
+  model = build.model(config, "float32")
+  inference.check_variables(model, variables, "generator", config)
+  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == manifest["parameters"]

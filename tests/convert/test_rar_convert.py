@@ -1,18 +1,22 @@
 """RAR converter: the authors' tiny random RAR (tools/fixtures/rar.py) converts to logits
 within 1e-4 in raster and random orders and identical greedy samples, with and without
-guidance; the presets' fields are what the converter reads off full-size shapes."""
+guidance; every released size's manifest converts into its preset with the authors' count."""
 
+import glob
+import json
 import os
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
 import jaxtok
-from jaxtok import convert, weights
-from jaxtok.convert import common, rar
-from jaxtok.models.generators.rar import RAR
+from jaxtok import build, convert, inference, weights
+from jaxtok.convert import common
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "rar")
+MANIFESTS = sorted(glob.glob(os.path.join(FIXTURES, "..", "manifests", "rar-*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +60,19 @@ def test_the_checkpoint_is_fully_accounted_for(tmp_path):
     convert.sources()["rar-b"].convert_state(state, token_shape=[3, 3])
 
 
-def test_full_size_shapes_give_the_presets():
-  for name, (width, depth, mlp) in {"RAR-B": (768, 24, 3072), "RAR-XL": (1280, 32, 5120)}.items():
-    shapes = {"embeddings.weight": ((2026, width), "f4"),
-              "lm_head.weight": ((1024, width), "f4"),
-              "blocks.0.attn.q_norm.weight": ((width // 16,), "f4"),
-              "blocks.0.mlp.fc1.weight": ((mlp, width), "f4"),
-              "pos_embed": ((1, 1280, width), "f4"), "timesteps_embeddings": ((1, 356, width), "f4")}
-    shapes.update({f"blocks.{i}.norm1.weight": ((width,), "f4") for i in range(depth)})
-    fields = rar.rar_fields(common.Weights(common.abstract(shapes)), None, (16, 16))
-    want = {k: getattr(RAR.from_preset(name), k) for k in fields}
-    want["token_shape"] = list(want["token_shape"])
-    assert fields == want
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: os.path.basename(p)[:-5])
+def test_every_release_converts_to_its_preset(path):
+  """The state dict names and shapes of each released file (the authors' code on torch's
+  meta device, tools/fixtures/rar.py --manifests) convert into the preset exactly, with
+  the authors' parameter count."""
+  with open(path) as f:
+    manifest = json.load(f)
+  source = convert.sources()[manifest["source"]]
+  assert source.files == (manifest["file"],)
+  config, variables = source.convert_state(common.abstract(manifest["tensors"]),
+                                           manifest["file"])
+  assert set(config["model"]) == {"name", "preset"}  # the preset exactly
+  config = ml_collections.ConfigDict(config)
+  model = build.model(config, "float32")
+  inference.check_variables(model, variables, "generator", config)
+  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == manifest["parameters"]
