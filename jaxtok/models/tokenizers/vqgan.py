@@ -50,8 +50,8 @@ class VQGANConfig:
   # in [-1, 1], mapped at the edges. "symmetric": [-1, 1] throughout.
   pixel_range: Literal["symmetric", "unit"] = "symmetric"
   # Recompute every ResnetBlock in the backward pass (jax.checkpoint) instead of keeping its
-  # activations: same parameters and outputs; at 256x256 the train step's peak memory drops
-  # about 3x for about 15 % more FLOPs (tools/bench/roofline.py, XLA's CPU estimates).
+  # activations: same parameters and outputs; the VQ-16 train step's peak memory drops about
+  # 3.5x for 12 % more FLOPs (benchmarks/results/roofline.md, XLA's CPU estimates).
   remat: bool = False
 
   @property
