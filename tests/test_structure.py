@@ -97,3 +97,12 @@ def test_functions_stay_short():
         if length > 60:
           long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} {length}")
   assert not long, "\n".join(long)
+
+
+def test_test_files_have_unique_names():
+  """tests/ has no packages: pytest imports test files by basename, and two with one name
+  stop the whole suite's collection ("import file mismatch")."""
+  names: dict[str, list[str]] = {}
+  for path in sorted(PACKAGE.parent.joinpath("tests").rglob("test_*.py")):
+    names.setdefault(path.name, []).append(str(path.relative_to(PACKAGE.parent)))
+  assert not {n: p for n, p in names.items() if len(p) > 1}

@@ -109,7 +109,7 @@ class GPT(Presets, nn.Module):
 
   # LlamaGen's class-conditional sizes and its parameter counts with 16384 codes and 1000
   # classes + the null class, counted from the authors' gpt.py built on torch's meta device
-  # (tools/fixtures/llamagen.py; tests/convert/test_llamagen.py checks them).
+  # (tools/fixtures/llamagen.py; tests/convert/test_llamagen_convert.py checks them).
   PRESETS = {
       "GPT-B": dict(width=768, depth=12, num_heads=12),  # 110,888,448
       "GPT-L": dict(width=1024, depth=24, num_heads=16),  # 342,910,976
