@@ -29,7 +29,7 @@ EPS32 = float(np.finfo(np.float32).eps)
 # several D chunks (block_d=16).
 GPU_TEST_BLOCKS = blocks.BlockSizes(block_n=32, block_k=32, k_splits=2, block_d=16)
 TPU_TEST_BLOCKS = blocks.BlockSizes(block_n=32, block_k=128, k_splits=2)
-MOSAIC_TEST_BLOCKS = blocks.BlockSizes(block_n=64, block_k=32, k_splits=2)
+MOSAIC_TEST_BLOCKS = blocks.BlockSizes(block_n=64, block_k=64, k_splits=2)
 INTERPRETED = {
     "mosaic_gpu": functools.partial(mosaic_gpu.nearest_code_mosaic_gpu, interpret=True,
                                     blocks=MOSAIC_TEST_BLOCKS),
