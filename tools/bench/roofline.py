@@ -212,7 +212,7 @@ def main(argv=None) -> list[dict]:
           f"{datetime.date.today().isoformat()}",
           f"- H100 times: max(FLOPs / {args.peak_tflops:g} TFLOP/s, bytes / "
           f"{args.hbm_tbps:g} TB/s); verdict 'waste' where XLA exceeds the ideal by > {WASTE}×",
-          f"- command: `python tools/bench/roofline.py "
+          "- command: `python tools/bench/roofline.py "
           + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
   if device.platform == "cpu":
     meta.append("- CPU backend: FLOPs and bytes follow the CPU's fusion decisions (every "
