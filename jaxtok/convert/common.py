@@ -161,6 +161,17 @@ class Weights:
              for rest in [k[len(prefix):]]]
     return 1 + max((int(i) for i in found if i.isdigit()), default=-1)
 
+  def dense(self, name: str, out: dict, key: str, *, bias: bool = True) -> None:
+    """A torch Linear `name` -> out["key/kernel"] (and out["key/bias"])."""
+    out[f"{key}/kernel"] = self.take(f"{name}.weight", linear)
+    if bias:
+      out[f"{key}/bias"] = self.take(f"{name}.bias")
+
+  def norm(self, name: str, out: dict, key: str) -> None:
+    """A torch LayerNorm / GroupNorm `name` -> out["key/scale"], out["key/bias"]."""
+    out[f"{key}/scale"] = self.take(f"{name}.weight")
+    out[f"{key}/bias"] = self.take(f"{name}.bias")
+
   def ignore(self, *patterns: str) -> list[str]:
     """Marks the tensors matching these glob patterns as knowingly dropped (buffers such as
     usage counters or precomputed RoPE tables); returns their names."""

@@ -13,25 +13,15 @@ released files hold "model" and "model_ema"; MAR's evaluation samples with "mode
 which `--ema` converts ("model" by default).
 """
 
-from jaxtok.convert.common import Source, Weights, linear, nest, stack
+from jaxtok.convert.common import Source, Weights, nest, stack
 from jaxtok.models.generators.mar import MAR
-
-
-def _linear(w, name, out, key):
-  out[f"{key}/kernel"] = w.take(f"{name}.weight", linear)
-  out[f"{key}/bias"] = w.take(f"{name}.bias")
-
-
-def _norm(w, name, out, key):
-  out[f"{key}/scale"] = w.take(f"{name}.weight")
-  out[f"{key}/bias"] = w.take(f"{name}.bias")
 
 
 def _vit_block(w: Weights, name: str, num_heads: int) -> dict:
   """A timm ViT block -> jaxtok's TransformerBlock tree."""
   block: dict = {}
-  _norm(w, f"{name}.norm1", block, "attn_norm")
-  _norm(w, f"{name}.norm2", block, "mlp_norm")
+  w.norm(f"{name}.norm1", block, "attn_norm")
+  w.norm(f"{name}.norm2", block, "mlp_norm")
   qkv, bias = w.take(f"{name}.attn.qkv.weight"), w.take(f"{name}.attn.qkv.bias")
   if qkv is not None and bias is not None:
     width = qkv.shape[1]
@@ -43,8 +33,8 @@ def _vit_block(w: Weights, name: str, num_heads: int) -> dict:
   if proj is not None:
     block["attn/out/kernel"] = proj.T.reshape(num_heads, -1, proj.shape[0])
   block["attn/out/bias"] = w.take(f"{name}.attn.proj.bias")
-  _linear(w, f"{name}.mlp.fc1", block, "mlp/wi")
-  _linear(w, f"{name}.mlp.fc2", block, "mlp/wo")
+  w.dense(f"{name}.mlp.fc1", block, "mlp/wi")
+  w.dense(f"{name}.mlp.fc2", block, "mlp/wo")
   return block
 
 
@@ -53,23 +43,23 @@ def _stack(w: Weights, side: str, depth: int, num_heads: int, out: dict) -> None
   for key in blocks[0] if blocks else ():
     if all(b.get(key) is not None for b in blocks):
       out[f"{side}/layers/{key}"] = stack([b[key] for b in blocks])
-  _norm(w, f"{side}_norm", out, f"{side}/final_norm")
+  w.norm(f"{side}_norm", out, f"{side}/final_norm")
 
 
 def _head(w: Weights, depth: int, out: dict) -> None:
   net = "diffloss.net"
-  _linear(w, f"{net}.time_embed.mlp.0", out, "head/time_fc1")
-  _linear(w, f"{net}.time_embed.mlp.2", out, "head/time_fc2")
-  _linear(w, f"{net}.cond_embed", out, "head/cond_embed")
-  _linear(w, f"{net}.input_proj", out, "head/input_proj")
+  w.dense(f"{net}.time_embed.mlp.0", out, "head/time_fc1")
+  w.dense(f"{net}.time_embed.mlp.2", out, "head/time_fc2")
+  w.dense(f"{net}.cond_embed", out, "head/cond_embed")
+  w.dense(f"{net}.input_proj", out, "head/input_proj")
   for i in range(depth):
     block = f"{net}.res_blocks.{i}"
-    _norm(w, f"{block}.in_ln", out, f"head/block_{i}_norm")
-    _linear(w, f"{block}.mlp.0", out, f"head/block_{i}_fc1")
-    _linear(w, f"{block}.mlp.2", out, f"head/block_{i}_fc2")
-    _linear(w, f"{block}.adaLN_modulation.1", out, f"head/block_{i}_modulation")
-  _linear(w, f"{net}.final_layer.linear", out, "head/out")
-  _linear(w, f"{net}.final_layer.adaLN_modulation.1", out, "head/final_modulation")
+    w.norm(f"{block}.in_ln", out, f"head/block_{i}_norm")
+    w.dense(f"{block}.mlp.0", out, f"head/block_{i}_fc1")
+    w.dense(f"{block}.mlp.2", out, f"head/block_{i}_fc2")
+    w.dense(f"{block}.adaLN_modulation.1", out, f"head/block_{i}_modulation")
+  w.dense(f"{net}.final_layer.linear", out, "head/out")
+  w.dense(f"{net}.final_layer.adaLN_modulation.1", out, "head/final_modulation")
 
 
 def mar_params(w: Weights, fields: dict) -> dict:
@@ -83,9 +73,9 @@ def mar_params(w: Weights, fields: dict) -> dict:
                     ("diffusion_pos_embed_learned", "diffusion_pos")):
     value = w.take(name)  # [1, S, E]
     out[key] = None if value is None else value[0]
-  _linear(w, "z_proj", out, "z_proj")
-  _norm(w, "z_proj_ln", out, "z_proj_norm")
-  _linear(w, "decoder_embed", out, "decoder_embed")
+  w.dense("z_proj", out, "z_proj")
+  w.norm("z_proj_ln", out, "z_proj_norm")
+  w.dense("decoder_embed", out, "decoder_embed")
   for side in ("encoder", "decoder"):
     _stack(w, side, fields["depth"], fields["num_heads"], out)
   _head(w, fields["head_depth"], out)

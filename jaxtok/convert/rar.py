@@ -13,26 +13,16 @@ with `--from maskgit-vqgan-torch` to sample).
 
 import numpy as np
 
-from jaxtok.convert.common import Source, Weights, linear, nest, stack
+from jaxtok.convert.common import Source, Weights, nest, stack
 from jaxtok.models.generators.rar import RAR
-
-
-def _linear(w, name, out, key):
-  out[f"{key}/kernel"] = w.take(f"{name}.weight", linear)
-  out[f"{key}/bias"] = w.take(f"{name}.bias")
-
-
-def _norm(w, name, out, key):
-  out[f"{key}/scale"] = w.take(f"{name}.weight")
-  out[f"{key}/bias"] = w.take(f"{name}.bias")
 
 
 def _block(w: Weights, name: str, num_heads: int) -> dict:
   block: dict = {}
-  _norm(w, f"{name}.norm1", block, "attn_norm")
-  _norm(w, f"{name}.norm2", block, "mlp_norm")
-  _norm(w, f"{name}.attn.q_norm", block, "query_norm")
-  _norm(w, f"{name}.attn.k_norm", block, "key_norm")
+  w.norm(f"{name}.norm1", block, "attn_norm")
+  w.norm(f"{name}.norm2", block, "mlp_norm")
+  w.norm(f"{name}.attn.q_norm", block, "query_norm")
+  w.norm(f"{name}.attn.k_norm", block, "key_norm")
   qkv, bias = w.take(f"{name}.attn.qkv.weight"), w.take(f"{name}.attn.qkv.bias")
   if qkv is not None and bias is not None:
     width = qkv.shape[1]
@@ -45,9 +35,9 @@ def _block(w: Weights, name: str, num_heads: int) -> dict:
   if proj is not None:
     block["out/kernel"] = proj.T.reshape(num_heads, -1, proj.shape[0])
   block["out/bias"] = w.take(f"{name}.attn.proj.bias")
-  _linear(w, f"{name}.mlp.fc1", block, "mlp/wi")
-  _linear(w, f"{name}.mlp.fc2", block, "mlp/wo")
-  _linear(w, f"{name}.adaLN_modulation.1", block, "modulation")
+  w.dense(f"{name}.mlp.fc1", block, "mlp/wi")
+  w.dense(f"{name}.mlp.fc2", block, "mlp/wo")
+  w.dense(f"{name}.adaLN_modulation.1", block, "modulation")
   return block
 
 
@@ -60,8 +50,8 @@ def rar_params(w: Weights, depth: int, num_heads: int) -> dict:
                     ("timesteps_embeddings", "step_embed")):
     table = w.take(name)
     out[key] = None if table is None else table[0]
-  _linear(w, "adaln_before_head.adaLN_modulation.1", out, "final_modulation")
-  _linear(w, "lm_head", out, "head")
+  w.dense("adaln_before_head.adaLN_modulation.1", out, "final_modulation")
+  w.dense("lm_head", out, "head")
   blocks = [_block(w, f"blocks.{i}", num_heads) for i in range(depth)]
   for key in blocks[0] if blocks else ():
     if all(b.get(key) is not None for b in blocks):

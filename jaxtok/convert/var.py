@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from jaxtok import inference
-from jaxtok.convert.common import Source, Weights, conv, linear, nest, stack
+from jaxtok.convert.common import Source, Weights, conv, nest, stack
 from jaxtok.models.generators.var import VAR
 from jaxtok.models.tokenizers.var_vqvae import VQVAE
 from jaxtok.quantizers.multiscale import VAR_PATCH_NUMS
@@ -33,22 +33,17 @@ def _torch_conv(w: Weights, name: str, out: dict, key: str) -> None:
   out[f"{key}/bias"] = w.take(f"{name}.bias")
 
 
-def _norm(w: Weights, name: str, out: dict, key: str) -> None:
-  out[f"{key}/scale"] = w.take(f"{name}.weight")
-  out[f"{key}/bias"] = w.take(f"{name}.bias")
-
-
 def _resnet(w, name, out, key):
-  _norm(w, f"{name}.norm1", out, f"{key}/norm1")
+  w.norm(f"{name}.norm1", out, f"{key}/norm1")
   _torch_conv(w, f"{name}.conv1", out, f"{key}/conv1")
-  _norm(w, f"{name}.norm2", out, f"{key}/norm2")
+  w.norm(f"{name}.norm2", out, f"{key}/norm2")
   _torch_conv(w, f"{name}.conv2", out, f"{key}/conv2")
   if f"{name}.nin_shortcut.weight" in w:
     _torch_conv(w, f"{name}.nin_shortcut", out, f"{key}/nin_shortcut")
 
 
 def _attn(w, name, out, key):
-  _norm(w, f"{name}.norm", out, f"{key}/norm")
+  w.norm(f"{name}.norm", out, f"{key}/norm")
   qkv, bias = w.take(f"{name}.qkv.weight", conv), w.take(f"{name}.qkv.bias")
   if qkv is not None and bias is not None:
     for part, k, b in zip("qkv", np.split(qkv, 3, axis=-1), np.split(bias, 3)):
@@ -71,7 +66,7 @@ def vqvae_params(w: Weights, levels: int) -> dict:
   out: dict = {}
   for side in ("encoder", "decoder"):
     _torch_conv(w, f"{side}.conv_in", out, f"{side}/conv_in")
-    _norm(w, f"{side}.norm_out", out, f"{side}/norm_out")
+    w.norm(f"{side}.norm_out", out, f"{side}/norm_out")
     _torch_conv(w, f"{side}.conv_out", out, f"{side}/conv_out")
     _resnet(w, f"{side}.mid.block_1", out, f"{side}/mid_0")
     _attn(w, f"{side}.mid.attn_1", out, f"{side}/mid_1")
@@ -94,35 +89,29 @@ def vqvae_params(w: Weights, levels: int) -> dict:
   return nest(out)
 
 
-def _linear(w, name, out, key, bias=True):
-  out[f"{key}/kernel"] = w.take(f"{name}.weight", linear)
-  if bias:
-    out[f"{key}/bias"] = w.take(f"{name}.bias")
-
-
 def var_params(w: Weights, depth: int) -> dict:
   """The VAR transformer's params tree from VAR's state dict names."""
   out: dict = {}
-  _linear(w, "word_embed", out, "word_embed")
+  w.dense("word_embed", out, "word_embed")
   out["class_emb/embedding"] = w.take("class_emb.weight")
   out["pos_start"] = w.take("pos_start")[0]
   out["pos_1LC"] = w.take("pos_1LC")[0]
   out["lvl_embed/embedding"] = w.take("lvl_embed.weight")
-  _linear(w, "head_nm.ada_lin.1", out, "head/ada_lin")
-  _linear(w, "head", out, "head/head")
+  w.dense("head_nm.ada_lin.1", out, "head/ada_lin")
+  w.dense("head", out, "head/head")
   per_layer = []
   for i in range(depth):
     block: dict = {}
     name = f"blocks.{i}"
-    _linear(w, f"{name}.ada_lin.1", block, "ada_lin")
-    _linear(w, f"{name}.attn.mat_qkv", block, "mat_qkv", bias=False)
+    w.dense(f"{name}.ada_lin.1", block, "ada_lin")
+    w.dense(f"{name}.attn.mat_qkv", block, "mat_qkv", bias=False)
     block["q_bias"] = w.take(f"{name}.attn.q_bias")
     block["v_bias"] = w.take(f"{name}.attn.v_bias")
     if f"{name}.attn.scale_mul_1H11" in w:
       block["scale_mul"] = w.take(f"{name}.attn.scale_mul_1H11").reshape(-1)
-    _linear(w, f"{name}.attn.proj", block, "proj")
-    _linear(w, f"{name}.ffn.fc1", block, "fc1")
-    _linear(w, f"{name}.ffn.fc2", block, "fc2")
+    w.dense(f"{name}.attn.proj", block, "proj")
+    w.dense(f"{name}.ffn.fc1", block, "fc1")
+    w.dense(f"{name}.ffn.fc2", block, "fc2")
     per_layer.append(block)
   for key in per_layer[0] if per_layer else ():
     if all(b[key] is not None for b in per_layer):
