@@ -157,6 +157,7 @@ def _sample(args):
   elif any(v is not None for v in masked.values()):
     raise ValueError("--num-steps and --choice-temperature are MaskGIT options; "
                      f"{args.model!r} holds a {type(generator.model).__name__}")
+  options.update(_sampler_options(generator.model, args.option))
   if args.fid_ref is not None:  # scored in batches; only a preview grid is written
     cli_eval.sample_fid(args, generator, tok, options)
     return
@@ -165,6 +166,27 @@ def _sample(args):
   inference.write_samples(result, args.out)
   print(f"{len(result['tokens'])} samples of {result['tokens'].shape[1:]} tokens -> "
         f"{args.out}/samples.png and {args.out}/samples.npz")
+
+
+# Keywords of a generator's `sample` that have flags of their own or are not options.
+_SAMPLE_FLAGS = {"self", "params", "rng", "labels", "num_samples", "cfg_scale", "temperature",
+                 "top_k", "top_p", "num_steps", "choice_temperature"}
+
+
+def _sampler_options(model, items: list[str] | None) -> dict:
+  """`--option NAME=VALUE` -> the generator's own sampling keywords, each checked against
+  its `sample` signature (RAR's cfg_power; MAR's sampler, sampling_steps, cfg_schedule...)."""
+  import inspect
+
+  from jaxtok import convert
+
+  options = convert.parse_options(items)
+  known = sorted(set(inspect.signature(model.sample).parameters) - _SAMPLE_FLAGS)
+  unknown = sorted(set(options) - set(known))
+  if unknown:
+    raise ValueError(f"--option {', '.join(unknown)}: not a sampling option of "
+                     f"{type(model).__name__}; its options: {known or 'none'}")
+  return options
 
 
 def _convert(args):
@@ -209,6 +231,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--top-k", type=int, default=0, help="0: off")
   p.add_argument("--top-p", type=float, default=1.0, help="1: off")
   p.add_argument("--num-steps", type=int, default=None, help="MaskGIT: decoding steps (12)")
+  p.add_argument("--option", action="append", metavar="NAME=VALUE",
+                 help="a sampling keyword of the generator's own, e.g. cfg_power=2.75 (RAR), "
+                 "sampler=ddim or sampling_steps=50 (MAR); repeatable")
   p.add_argument("--choice-temperature", type=float, default=None,
                  help="MaskGIT: Gumbel noise on the re-masking confidence (4.5)")
   p.add_argument("--fid-ref", default=None, help="score the samples (gFID, IS, precision/"

@@ -300,3 +300,18 @@ def test_the_cli_sets_a_compile_cache_unless_one_is_set(tmp_path, monkeypatch):
     assert jax.config.jax_compilation_cache_dir == "/elsewhere"
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_sample_options_are_checked_against_the_generators_sampler():
+  from jaxtok.models.generators.ar import GPT
+  from jaxtok.models.generators.mar import MAR
+  from jaxtok.models.generators.rar import RAR
+
+  rar = RAR.from_preset("RAR-B", codebook_size=16)
+  assert cli._sampler_options(rar, ["cfg_power=2.75"]) == {"cfg_power": 2.75}
+  assert cli._sampler_options(MAR.from_preset("MAR-B"), ["sampler=ddim", "sampling_steps=50"]) \
+      == {"sampler": "ddim", "sampling_steps": 50}
+  with pytest.raises(ValueError, match=r"--option cfg_power: not a sampling option of GPT"):
+    cli._sampler_options(GPT.from_preset("GPT-B", codebook_size=16), ["cfg_power=2"])
+  with pytest.raises(ValueError, match="--option must be NAME=VALUE"):
+    cli._sampler_options(rar, ["cfg_power"])
