@@ -237,6 +237,10 @@ def check_pair(generator: LoadedGenerator, tokenizer: LoadedTokenizer) -> None:
     raise ValueError(f"the tokenizer makes {tok_shape} tokens of {codebook} codes; the generator "
                      f"was trained on {tuple(model.token_shape)} tokens of "
                      f"{model.codebook_size} codes")
+  channels = tokenizer.model.quantizer.code_dim
+  if getattr(model, "CONTINUOUS_TOKENS", False) and channels != model.token_dim:
+    raise ValueError(f"the tokenizer makes latents of {channels} channels; the generator was "
+                     f"trained on {model.token_dim}")
 
 
 def sample_options(generator: LoadedGenerator, tokenizer: LoadedTokenizer,

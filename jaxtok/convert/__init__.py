@@ -14,7 +14,7 @@ import json
 from jaxtok.convert.common import Source
 
 # The modules of this package that hold converters, in the order `jaxtok convert --list` shows.
-FAMILIES = ("llamagen", "titok", "maskgit", "taming", "var", "rar", "mar")
+FAMILIES = ("llamagen", "titok", "maskgit", "taming", "var", "rar", "mar", "mar_vae")
 
 
 def sources() -> dict[str, Source]:

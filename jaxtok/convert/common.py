@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtok import inference, weights as weight_files
+from jaxtok import build, inference, weights as weight_files
 
 # Keys of the wrapper dicts training scripts save around a state dict, in the order tried.
 WRAPPERS = ("model", "state_dict", "module", "params", "net", "generator")
@@ -232,3 +232,25 @@ def nest(flat: Mapping[str, Any], sep: str = "/") -> dict:
       node = node.setdefault(part, {})
     node[leaf] = value
   return tree
+
+
+def paired_tokenizer(default: dict | None, tokenizer: str | None, token_shape, *,
+                     codebook_size: int, code_dim: int | None = None) -> dict | None:
+  """The `tokenizer` entry of a converted generator: the config of the export directory
+  `tokenizer` if given, else `default` (None: no entry). Refuses a tokenizer whose token grid,
+  codebook size or (continuous tokens) latent channels differ from the generator's."""
+  if tokenizer is not None:
+    from jaxtok.convert import llamagen  # pylint: disable=import-outside-toplevel
+    default = llamagen.read_tokenizer_config(tokenizer)
+  if default is None:
+    return None
+  model = build.tokenizer(default["model"], default["quantizer"])
+  size = default["data"]["image_size"]
+  grid = tuple(model.token_shape((size, size)))
+  given = (grid, model.quantizer.codebook_size, model.quantizer.code_dim)
+  wanted = (tuple(token_shape), codebook_size, given[2] if code_dim is None else code_dim)
+  if given != wanted:
+    raise ValueError(f"tokenizer {tokenizer or '(default)'}: makes {grid} tokens of "
+                     f"{given[1]} codes and {given[2]} channels; the generator takes "
+                     f"{wanted[0]} tokens of {wanted[1]} codes and {wanted[2]} channels")
+  return default

@@ -11,9 +11,18 @@ res_blocks.i.{in_ln, mlp.0, mlp.2, adaLN_modulation.1} -> block_i_{norm, fc1, fc
 modulation}, final_layer.{linear, adaLN_modulation.1} -> out / final_modulation). The
 released files hold "model" and "model_ema"; MAR's evaluation samples with "model_ema",
 which `--ema` converts ("model" by default).
+
+MAR trains on its KL-16 VAE's latents times vae_scale_factor 0.2325 and decodes its samples
+divided by it (engine_mar.py): the export's `latent_scale` (option, default 0.2325). Its
+`tokenizer` entry (what `jaxtok sample` checks) is the config `--from mar-kl16` writes for
+kl16.ckpt at 16 pixels per token, or that of the export given as the `tokenizer` option
+(none by default for latents of other than 16 channels).
 """
 
-from jaxtok.convert.common import Source, Weights, nest, stack
+import math
+
+from jaxtok.convert import mar_vae
+from jaxtok.convert.common import Source, Weights, nest, paired_tokenizer, stack
 from jaxtok.models.generators.mar import MAR
 
 
@@ -99,7 +108,8 @@ def mar_fields(w: Weights, num_heads: int | None, token_shape) -> dict:
           "head_depth": w.num_indexed("diffloss.net.res_blocks.")}
 
 
-def build_mar(w: Weights, *, token_shape=(16, 16), num_heads: int | None = None
+def build_mar(w: Weights, *, token_shape=(16, 16), num_heads: int | None = None,
+              latent_scale: float = 0.2325, tokenizer: str | None = None
               ) -> tuple[dict, dict]:
   """A MAR state dict -> (generator run config, variables)."""
   if isinstance(token_shape, str):
@@ -116,7 +126,19 @@ def build_mar(w: Weights, *, token_shape=(16, 16), num_heads: int | None = None
     if all(base[k] == fields[k] for k in ("width", "depth", "num_heads")):
       model = {"name": "mar.MAR", "preset": preset,
                **{k: v for k, v in fields.items() if base.get(k) != v}}
+  if not (isinstance(latent_scale, (int, float)) and not isinstance(latent_scale, bool)
+          and math.isfinite(latent_scale) and latent_scale > 0):
+    raise ValueError(f"latent_scale must be a finite number > 0 (MAR's vae_scale_factor: "
+                     f"0.2325); got {latent_scale!r}")
+  model["latent_scale"] = float(latent_scale)
   config = {"trainer": "mar", "seed": 0, "model": model, "train": {"compute_dtype": "float32"}}
+  rows, cols = fields["token_shape"]
+  kl16 = (mar_vae.kl16_config(16 * rows)
+          if rows == cols and fields["token_dim"] == mar_vae.EMBED_DIM else None)
+  entry = paired_tokenizer(kl16, tokenizer, fields["token_shape"], codebook_size=0,
+                           code_dim=fields["token_dim"])
+  if entry is not None:
+    config["tokenizer"] = entry
   return config, {"params": mar_params(w, fields)}
 
 
@@ -124,7 +146,7 @@ def _mar(name: str, size: str, params: str) -> Source:
   return Source(f"mar-{name}", ("checkpoint-last.pth",),
                 f"MAR-{size} (Li et al. 2024), {params} params, ImageNet 256^2, 16x16 latents "
                 f"of 16 channels (MAR's KL-16 VAE)", build_mar,
-                options=("token_shape", "num_heads"))
+                options=("token_shape", "num_heads", "latent_scale", "tokenizer"))
 
 
 SOURCES = (_mar("b", "B", "208 M"), _mar("l", "L", "479 M"), _mar("h", "H", "943 M"))

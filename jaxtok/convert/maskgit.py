@@ -15,12 +15,11 @@ the weights' shapes, so smaller models of the same design convert too.
 import dataclasses
 import re
 
-import numpy as np
-
 from jaxtok.convert.common import Source, Weights, conv, nest
 from jaxtok.models.tokenizers.vqgan import VQGAN, VQGANConfig
 
 MASKGIT = VQGAN.PRESETS["maskgit-f16"]["config"]
+CODEBOOK = (1024, 256)  # the released codebook: codes x dims
 
 
 def _res_block(w: Weights, src: dict[str, str], dst: str, layout) -> dict:
@@ -102,14 +101,20 @@ def _torch_encoder(w: Weights, cfg: VQGANConfig) -> dict:
   return out
 
 
-def _export(cfg: VQGANConfig, codebook: np.ndarray, image_size: int) -> dict:
+def _export(cfg: VQGANConfig, codebook: tuple[int, int], image_size: int) -> dict:
   """The jaxtok run config of a converted MaskGIT VQGAN."""
   return {"trainer": "tokenizer",
           "model": {"name": "vqgan.VQGAN", "preset": "maskgit-f16",
                     "config": {k: v for k, v in cfg.__dict__.items() if getattr(MASKGIT, k) != v}},
-          "quantizer": {"name": "vq.VectorQuantizer", "codebook_size": int(codebook.shape[0]),
-                        "dim": int(codebook.shape[1]), "metric": "l2"},
+          "quantizer": {"name": "vq.VectorQuantizer", "codebook_size": int(codebook[0]),
+                        "dim": int(codebook[1]), "metric": "l2"},
           "data": {"image_size": image_size}, "train": {"compute_dtype": "float32"}}
+
+
+def vqgan_config(image_size: int = 256) -> dict:
+  """The config either release converts to (what RAR's and MaskGIT's tokens come from)."""
+  cfg = dataclasses.replace(MASKGIT, pixel_range="unit")
+  return _export(cfg, CODEBOOK, image_size)
 
 
 def build_torch(w: Weights, image_size: int = 256) -> tuple[dict, dict]:
@@ -117,7 +122,7 @@ def build_torch(w: Weights, image_size: int = 256) -> tuple[dict, dict]:
   cfg = torch_config(w, "decoder.")
   params = {**_torch_encoder(w, cfg), **torch_decoder(w, "decoder.", cfg, "decoder")}
   params["quantizer/codebook"] = w.take("quantize.embedding.weight")
-  return _export(cfg, params["quantizer/codebook"], image_size), {"params": nest(params)}
+  return _export(cfg, params["quantizer/codebook"].shape, image_size), {"params": nest(params)}
 
 
 def flax_config(w: Weights) -> VQGANConfig:
@@ -163,7 +168,7 @@ def build_flax(w: Weights, image_size: int = 256) -> tuple[dict, dict]:
     p.update(_conv_param(w, f"{part}/{conv_out}", f"{part}/conv_out", None))
   p.update(_conv_param(w, "decoder/Conv_0", "decoder/conv_in", None))
   p["quantizer/codebook"] = w.take("quantizer/codebook")
-  return _export(cfg, p["quantizer/codebook"], image_size), {"params": nest(p)}
+  return _export(cfg, p["quantizer/codebook"].shape, image_size), {"params": nest(p)}
 
 
 SOURCES = (

@@ -8,12 +8,16 @@ modulation; blocks are stacked on a leading layer axis. `embeddings` (codes, mas
 null class), `cls_token`, `pos_embed`, `target_aware_pos_embed` and `timesteps_embeddings`
 keep their rows; `adaln_before_head.adaLN_modulation.1` -> final_modulation, `lm_head` ->
 head. The published models read the MaskGIT VQGAN's 16x16 tokens of 1024 codes (convert it
-with `--from maskgit-vqgan-torch` to sample).
+with `--from maskgit-vqgan-torch` or `maskgit-vqgan` to sample): the export's `tokenizer`
+entry (what `jaxtok sample` checks) is the config those conversions write, at 16 pixels per
+token, or that of the export given as the `tokenizer` option (none by default for a
+codebook of other than 1024 codes).
 """
 
 import numpy as np
 
-from jaxtok.convert.common import Source, Weights, nest, stack
+from jaxtok.convert import maskgit
+from jaxtok.convert.common import Source, Weights, nest, paired_tokenizer, stack
 from jaxtok.models.generators.rar import RAR
 
 
@@ -76,8 +80,8 @@ def rar_fields(w: Weights, num_heads: int, token_shape) -> dict:
           "extra_steps": w.shape("timesteps_embeddings")[1] - tokens}
 
 
-def build_rar(w: Weights, *, token_shape=(16, 16), num_heads: int | None = None
-              ) -> tuple[dict, dict]:
+def build_rar(w: Weights, *, token_shape=(16, 16), num_heads: int | None = None,
+              tokenizer: str | None = None) -> tuple[dict, dict]:
   """A RAR state dict -> (generator run config, variables). token_shape: the tokenizer's
   grid (the checkpoint holds 1024 spare position rows, so it cannot tell)."""
   if isinstance(token_shape, str):
@@ -96,13 +100,21 @@ def build_rar(w: Weights, *, token_shape=(16, 16), num_heads: int | None = None
     model = {"name": "rar.RAR", "preset": preset,
              **{k: v for k, v in fields.items() if base.get(k) != v}}
   config = {"trainer": "rar", "seed": 0, "model": model, "train": {"compute_dtype": "float32"}}
+  rows, cols = fields["token_shape"]
+  vqgan = (maskgit.vqgan_config(16 * rows)
+           if rows == cols and fields["codebook_size"] == maskgit.CODEBOOK[0] else None)
+  entry = paired_tokenizer(vqgan, tokenizer, fields["token_shape"],
+                           codebook_size=fields["codebook_size"])
+  if entry is not None:
+    config["tokenizer"] = entry
   return config, {"params": rar_params(w, fields["depth"], fields["num_heads"])}
 
 
 def _rar(name: str, params: str) -> Source:
   return Source(f"rar-{name}", (f"rar_{name}.bin",),
                 f"RAR-{name.upper()} (Yu et al. 2024), {params} params, ImageNet 256^2, 16x16 "
-                f"MaskGIT-VQGAN tokens", build_rar, options=("token_shape", "num_heads"))
+                f"MaskGIT-VQGAN tokens", build_rar,
+                options=("token_shape", "num_heads", "tokenizer"))
 
 
 SOURCES = (_rar("b", "261 M"), _rar("l", "462 M"), _rar("xl", "955 M"), _rar("xxl", "1.5 B"))

@@ -95,16 +95,22 @@ def build_vqgan(w: Weights, *, image_size: int = 256) -> tuple[dict, dict]:
   if not isinstance(image_size, int) or image_size < factor or image_size % factor:
     raise ValueError(f"image_size must be a positive multiple of the downsampling factor "
                      f"{factor}; got {image_size!r}")
-  levels = len(found["ch_mult"])
+  w.ignore("loss.*")  # the training loss: discriminator and LPIPS
+  return config, {"params": vqgan_params(w, tokenizer)}
+
+
+def vqgan_params(w: Weights, tokenizer: VQGAN) -> dict:
+  """Every param of `tokenizer` taken from a taming-layout state dict (taming's VQModel,
+  LDM's AutoencoderKL), by `torch_name`; convs OIHW -> HWIO."""
+  levels = len(tokenizer.config.ch_mult)
   flat = {}
-  for path, shape in _param_shapes(tokenizer, 2 * factor).items():
+  for path, shape in _param_shapes(tokenizer, 2 * tokenizer.downsample_factor).items():
     name = torch_name(path, levels)
     if len(shape) == 4:  # conv kernel HWIO <- OIHW
       flat["/".join(path)] = w.take(name, conv, shape=(shape[3], shape[2], *shape[:2]))
     else:
       flat["/".join(path)] = w.take(name, shape=shape)
-  w.ignore("loss.*")  # the training loss: discriminator and LPIPS
-  return config, {"params": nest(flat)}
+  return nest(flat)
 
 
 SOURCES = tuple(

@@ -37,7 +37,8 @@ def masked_diffusion_loss(mask_ratio_min: float, batch_mul: int):
   schedule = diffusion.make_schedule(1000)
 
   def loss_fn(model, params, batch, key):
-    tokens = batch["tokens"].astype(jnp.float32)
+    # The model's latents are the tokenizer's times latent_scale (MAR: x = posterior * 0.2325).
+    tokens = batch["tokens"].astype(jnp.float32) * jnp.float32(model.latent_scale)
     batch_size, channels = tokens.shape[0], tokens.shape[-1]
     mask_key, drop_key, noise_key = jax.random.split(key, 3)
     mask_BT = mar.random_mask(mask_key, batch_size, model.num_tokens, mask_ratio_min)

@@ -92,6 +92,10 @@ class MAR(Presets, nn.Module):
   head_depth: int = 3
   cond_dropout: float = 0.1  # probability of the null class in training (CFG)
   dropout: float = 0.1  # residual dropout in the transformer blocks
+  # MAR's vae_scale_factor (0.2325 for its KL-16 VAE): the trainer multiplies the tokenizer's
+  # latents by it (bringing them near unit variance, which the diffusion head's schedule
+  # assumes) and `sample` divides by it, so samples are the tokenizer's latents again.
+  latent_scale: float = 1.0
   sample_clip: float | None = None  # sampling clamps x0 predictions to +-this (None: MAR's)
   dtype: jnp.dtype = jnp.float32  # compute dtype; params, positions and the head's output f32
   scan_layers: bool = True
@@ -111,6 +115,8 @@ class MAR(Presets, nn.Module):
   def setup(self):
     if len(self.token_shape) != 2 or min(self.token_shape) < 1:
       raise ValueError(f"token_shape must be a latent grid (h, w); got {self.token_shape}")
+    if not (math.isfinite(self.latent_scale) and self.latent_scale > 0):
+      raise ValueError(f"latent_scale must be a finite number > 0; got {self.latent_scale}")
     seq = self.buffer_size + self.num_tokens
 
     def param(name, shape, init=_NORMAL, names=(None, "embed")):
@@ -202,8 +208,9 @@ class MAR(Presets, nn.Module):
              temperature: float = 1.0, sampling_steps: int = 100, sampler: str = "ddpm",
              top_k: int = 0, top_p: float = 1.0, choice_temperature: float | None = None,
              clip_x0: float | None = None) -> jax.Array:
-    """Samples latents [B, *token_shape, C] (f32) in `num_steps` iterations, one jitted
-    program per (num_steps, sampling_steps, ...) setting; the same seed gives the same latents.
+    """Samples the tokenizer's latents [B, *token_shape, C] (f32: the model's divided by
+    `latent_scale`) in `num_steps` iterations, one jitted program per (num_steps,
+    sampling_steps, ...) setting; the same seed gives the same latents.
 
     labels: int [B] class ids, or None for the null class (then num_samples gives B).
     cfg_scale != 1 guides the head's noise prediction with the null class, on MAR's
@@ -232,9 +239,10 @@ class MAR(Presets, nn.Module):
     drop_B = jnp.full((batch,), labels is None or self.num_classes == 0)
     variables = params if "params" in params else {"params": params}
     clip = self.sample_clip if clip_x0 is None else clip_x0
-    return _sample(self, int(num_steps), config, float(temperature), int(sampling_steps),
-                   sampler, None if clip is None else float(clip), variables, labels_B, drop_B,
-                   sampling.as_key(rng))
+    latents = _sample(self, int(num_steps), config, float(temperature), int(sampling_steps),
+                      sampler, None if clip is None else float(clip), variables, labels_B,
+                      drop_B, sampling.as_key(rng))
+    return latents / jnp.float32(self.latent_scale)
 
 
 def max_due(num_steps: int, num_tokens: int) -> int:

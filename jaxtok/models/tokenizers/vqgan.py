@@ -35,10 +35,16 @@ class VQGANConfig:
   num_res_blocks: int = 2  # ResnetBlocks per encoder level
   decoder_res_blocks: int = 3  # per decoder level: taming / LlamaGen num_res_blocks + 1
   attention: bool = True  # AttnBlock after each lowest-level ResnetBlock and mid-block
+  # False: the decoder's lowest level has no AttnBlocks (LDM's AutoencoderKL, MAR's KL-16:
+  # attn_resolutions only in its encoder); the middle keeps its AttnBlock.
+  decoder_level_attention: bool = True
   z_channels: int = 256  # channels between encoder/decoder and quant_conv/post_quant_conv
   # 1x1 quant_conv / post_quant_conv around the quantizer. False (MaskGIT): the encoder emits
   # quantizer.input_dim channels and the decoder takes quantizer.code_dim; z_channels unused.
   quant_conv: bool = True
+  # True (LDM's double_z): the encoder emits 2 * z_channels (a KL posterior's mean and logvar)
+  # and quant_conv maps them; post_quant_conv and the decoder keep z_channels.
+  double_z: bool = False
   quant_conv_kernel: int = 1  # kernel of quant_conv / post_quant_conv (VAR's VQVAE: 3)
   encoder_out_kernel: int = 3  # kernel of encoder.conv_out (MaskGIT: 1)
   conv_bias: bool = True  # biases in ResnetBlock convs and encoder.conv_in (MaskGIT: none)
@@ -146,8 +152,8 @@ class Decoder(nn.Module):
     h = _middle(h, cfg, self.dtype)
     for n, i in enumerate(reversed(range(levels))):  # n: LlamaGen's index, 0 = lowest res
       h = _Level(cfg.ch * cfg.ch_mult[i], cfg.decoder_res_blocks,
-                 cfg.attention and i == levels - 1, "up" if i > 0 else None, cfg, self.dtype,
-                 name=f"conv_blocks_{n}")(h)
+                 cfg.attention and cfg.decoder_level_attention and i == levels - 1,
+                 "up" if i > 0 else None, cfg, self.dtype, name=f"conv_blocks_{n}")(h)
     h = swish(GroupNorm(dtype=self.dtype, name="norm_out")(h))
     return conv2d(cfg.out_channels, 3, dtype=self.dtype, out_axis=None, name="conv_out")(h)
 
@@ -206,7 +212,8 @@ class VQGAN(Presets, GridTokenizer):
     if any(w % 32 for w in widths):
       raise ValueError(f"every level width ch * ch_mult must be divisible by 32 (GroupNorm "
                        f"groups); got ch={cfg.ch}, ch_mult={cfg.ch_mult} -> {widths}")
-    latent_out = cfg.z_channels if cfg.quant_conv else self.quantizer.input_dim
+    latent_out = (cfg.z_channels * (2 if cfg.double_z else 1) if cfg.quant_conv
+                  else self.quantizer.input_dim)
     self.encoder = Encoder(cfg, latent_out, dtype=self.dtype)
     if cfg.quant_conv:
       # The quantizer's side is thin (a few channels): replicated, never split by the mesh.
