@@ -138,7 +138,7 @@ def test_construct_builds_any_module_from_a_mapping():
 # -------------------------------------------------------------------------- errors
 
 def test_unknown_preset_names_it_and_lists_the_known_ones():
-  with pytest.raises(ValueError, match=r"unknown GPT preset 'GPT-Z'; known: \[.*'GPT-B'.*'GPT-3B'"):
+  with pytest.raises(ValueError, match=r"unknown GPT preset 'GPT-Z'; known: \['GPT-3B', 'GPT-B', "):
     GPT.from_preset("GPT-Z", codebook_size=16)
   with pytest.raises(ValueError, match=r"unknown TiTok preset 'XL-16'.*'L-32'"):
     TiTok.from_preset("XL-16", quantizer=FSQ(levels=(5, 5)))
