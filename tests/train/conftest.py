@@ -73,3 +73,60 @@ def tiny_single():
   init, key, shardings, _, step = tt.jitted_step(parts, config, mesh)
   host_state = jax.device_get(loop.jit_init(init, shardings)(key))
   return config, parts, host_state, step, mesh, shardings
+
+
+_TRAIN = """
+import importlib, json, sys
+from absl import flags
+flags.FLAGS.mark_as_parsed()
+import jax
+jax.config.update("jax_threefry_partitionable", False)  # as tests/conftest.py sets it
+from jaxtok import train
+module, _, name = sys.argv[3].partition(":")
+config = getattr(importlib.import_module(module), name)(sys.argv[2])
+print("RESULT " + json.dumps(train.train(config, sys.argv[1])), flush=True)
+"""
+
+
+def train_in_subprocess(make_config: str, workdir: str, data_dir: str) -> dict:
+  """Trains `make_config(data_dir)` ("tests.train.module:function") into `workdir` in a new
+  process (sharing the compile cache); returns its result, failing the test with its stderr."""
+  proc = subprocess.run([sys.executable, "-c", _TRAIN, workdir, data_dir, make_config],
+                        env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, f"training failed:\n{proc.stderr[-4000:]}"
+  return json.loads(lines[-1][7:])
+
+
+def assert_sharded_step_equals_run(workdir: str, config, make_train_step, init_state,
+                                   train_iterator, atol: float) -> dict:
+  """Restores step 1 of a run on a 2x2x2 mesh, takes one step there, and requires the state
+  of the run's step-2 checkpoint (made on one device) within `atol`; returns the metrics."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  from jaxtok.train import checkpoint, generator, loop, sharding
+
+  mesh = sharding.make_mesh((2, 2, 2))
+  model, tx, lr = generator.build_parts(config)
+  _, shardings, abstract = loop.layout(lambda k: init_state(model, tx, k), config.seed, mesh)
+  data = train_iterator(config, model)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  try:
+    state = ckpt.restore(1, abstract, data_iterator=data, config=config)
+  finally:
+    ckpt.close()
+  step = make_train_step(config, model, tx, lr)
+  new, metrics = loop.jit_step(step, mesh, shardings)(state,
+                                                      sharding.global_batch(next(data), mesh))
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v)
+                       for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  got = flat(flax.serialization.to_state_dict(jax.device_get(new)))
+  want = flat(ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "2",
+                                                              "state")))
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], atol=atol, rtol=0, err_msg=k)
+  return metrics

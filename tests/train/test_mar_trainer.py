@@ -7,15 +7,11 @@ One training subprocess (sharing the persistent compile cache of the other train
 
 import json
 import os
-import subprocess
-import sys
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from array_record.python import array_record_module
 from PIL import Image
@@ -25,23 +21,12 @@ from jaxtok import build, cli, inference
 from jaxtok.configs.demo import kl_tokenizer
 from jaxtok.configs.demo import mar as mar_config
 from jaxtok.data import tokens as token_data
-from jaxtok.train import checkpoint, generator, loop, mar_trainer, sharding
+from jaxtok.train import checkpoint, mar_trainer
 from jaxtok.train import state as state_lib
 from jaxtok.train.metrics import read_jsonl
-from tests.train.conftest import REPO, subprocess_env
+from tests.train.conftest import assert_sharded_step_equals_run, train_in_subprocess
 
 STEPS = 12
-RUN = """
-import json, sys
-from absl import flags
-flags.FLAGS.mark_as_parsed()
-import jax
-jax.config.update("jax_threefry_partitionable", False)  # as tests/conftest.py sets it
-from tests.train.test_mar_trainer import tiny_config
-from jaxtok import train
-result = train.train(tiny_config(sys.argv[2]), sys.argv[1])
-print("RESULT " + json.dumps(result), flush=True)
-"""
 
 
 def write_latents(directory, latents: np.ndarray, dtype: str = "float16") -> str:
@@ -78,12 +63,8 @@ def run(tmp_path_factory):
              + 0.3 * rng.standard_normal((32, 1, 1, 4))).astype(np.float32)
   latent_dir = write_latents(tmp_path_factory.mktemp("latents"), latents)
   workdir = str(tmp_path_factory.mktemp("mar"))
-  proc = subprocess.run([sys.executable, "-c", RUN, workdir, latent_dir],
-                        env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
-                        timeout=300, check=False)
-  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, f"training failed:\n{proc.stderr[-4000:]}"
-  return workdir, latent_dir, json.loads(lines[-1][7:])
+  result = train_in_subprocess("tests.train.test_mar_trainer:tiny_config", workdir, latent_dir)
+  return workdir, latent_dir, result
 
 
 def test_diffusion_loss_falls(run):
@@ -97,29 +78,10 @@ def test_diffusion_loss_falls(run):
 
 def test_one_step_on_a_2x2x2_mesh_equals_the_single_device_step(run):
   workdir, latent_dir, _ = run
-  config = tiny_config(latent_dir)
-  mesh = sharding.make_mesh((2, 2, 2))
-  model, tx, lr = generator.build_parts(config)
-  _, shardings, abstract = loop.layout(lambda k: mar_trainer.init_state(model, tx, k),
-                                       config.seed, mesh)
-  data = mar_trainer.train_iterator(config, model)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
-  try:
-    state = ckpt.restore(1, abstract, data_iterator=data, config=config)
-  finally:
-    ckpt.close()
-  step = mar_trainer.make_train_step(config, model, tx, lr)
-  new, metrics = loop.jit_step(step, mesh, shardings)(state,
-                                                      sharding.global_batch(next(data), mesh))
+  metrics = assert_sharded_step_equals_run(workdir, tiny_config(latent_dir),
+                                           mar_trainer.make_train_step, mar_trainer.init_state,
+                                           mar_trainer.train_iterator, atol=1e-5)
   assert int(metrics["skipped"]) == 0
-  got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
-      flax.serialization.to_state_dict(jax.device_get(new)))[0]}
-  want = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "2", "state"))
-  want = {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
-  assert got.keys() == want.keys()
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=0, err_msg=k)
 
 
 def test_latent_shards_round_trip_and_are_checked(tmp_path):

@@ -5,37 +5,20 @@ follows its annealing schedule, a step on 8 devices equals the single-device ste
 One training subprocess (sharing the persistent compile cache of the other training tests).
 """
 
-import json
 import os
-import subprocess
-import sys
 
-import flax
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxtok import cli
 from jaxtok.configs.demo import rar as rar_config
 from jaxtok.models.generators import rar
-from jaxtok.train import checkpoint, generator, loop, rar_trainer, sharding
+from jaxtok.train import generator, rar_trainer
 from jaxtok.train.metrics import read_jsonl
-from tests.train.conftest import REPO, subprocess_env
+from tests.train.conftest import assert_sharded_step_equals_run, train_in_subprocess
 from tests.train.test_generators import _export_untrained_tokenizer, write_tokens
 
 STEPS = 12
-RUN = """
-import json, sys
-from absl import flags
-flags.FLAGS.mark_as_parsed()
-import jax
-jax.config.update("jax_threefry_partitionable", False)  # as tests/conftest.py sets it
-from tests.train.test_rar_trainer import tiny_config
-from jaxtok import train
-result = train.train(tiny_config(sys.argv[2]), sys.argv[1])
-print("RESULT " + json.dumps(result), flush=True)
-"""
 
 
 def tiny_config(token_dir: str):
@@ -53,11 +36,8 @@ def run(tmp_path_factory):
   grids = (np.arange(16).reshape(1, 4, 4) + np.arange(32)[:, None, None]) % 32
   token_dir = write_tokens(tmp_path_factory.mktemp("tokens"), grids, 32)
   workdir = str(tmp_path_factory.mktemp("rar"))
-  proc = subprocess.run([sys.executable, "-c", RUN, workdir, token_dir], env=subprocess_env(),
-                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, f"training failed:\n{proc.stderr[-4000:]}"
-  return workdir, token_dir, json.loads(lines[-1][7:])
+  result = train_in_subprocess("tests.train.test_rar_trainer:tiny_config", workdir, token_dir)
+  return workdir, token_dir, result
 
 
 def test_loss_falls_while_the_orders_anneal_to_raster(run):
@@ -76,29 +56,10 @@ def test_loss_falls_while_the_orders_anneal_to_raster(run):
 
 def test_one_step_on_a_2x2x2_mesh_equals_the_single_device_step(run):
   workdir, token_dir, _ = run
-  config = tiny_config(token_dir)
-  mesh = sharding.make_mesh((2, 2, 2))
-  model, tx, lr = generator.build_parts(config)
-  _, shardings, abstract = loop.layout(lambda k: generator.init_state(model, tx, k),
-                                       config.seed, mesh)
-  data = generator.train_iterator(config, model)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
-  try:
-    state = ckpt.restore(1, abstract, data_iterator=data, config=config)
-  finally:
-    ckpt.close()
-  step = rar_trainer.make_train_step(config, model, tx, lr)
-  new, metrics = loop.jit_step(step, mesh, shardings)(state,
-                                                      sharding.global_batch(next(data), mesh))
+  metrics = assert_sharded_step_equals_run(workdir, tiny_config(token_dir),
+                                           rar_trainer.make_train_step, generator.init_state,
+                                           generator.train_iterator, atol=1e-6)
   assert int(metrics["skipped"]) == 0 and float(metrics["random_order_ratio"]) == 1.0
-  got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
-      flax.serialization.to_state_dict(jax.device_get(new)))[0]}
-  want = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "2", "state"))
-  want = {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
-  assert got.keys() == want.keys()
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], atol=1e-6, rtol=0, err_msg=k)
 
 
 def test_sample_command(run, tmp_path):
