@@ -12,6 +12,7 @@ unused, and `inference.assemble` refuses any shape that does not fit the model.
 import dataclasses
 import fnmatch
 import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -234,14 +235,27 @@ def nest(flat: Mapping[str, Any], sep: str = "/") -> dict:
   return tree
 
 
+def read_tokenizer_config(path: str) -> dict:
+  """The config of a tokenizer export directory (a converter's option `tokenizer`)."""
+  file = os.path.join(path, inference.CONFIG_FILE)
+  if not os.path.isfile(file):
+    raise ValueError(f"tokenizer must be a jaxtok tokenizer export directory; {path!r} has "
+                     f"no {inference.CONFIG_FILE}")
+  with open(file) as f:
+    config = json.load(f)
+  if config.get("trainer") != "tokenizer":
+    raise ValueError(f"tokenizer must be a tokenizer export; {path!r} holds a "
+                     f"{config.get('trainer')!r} model")
+  return config
+
+
 def paired_tokenizer(default: dict | None, tokenizer: str | None, token_shape, *,
                      codebook_size: int, code_dim: int | None = None) -> dict | None:
   """The `tokenizer` entry of a converted generator: the config of the export directory
   `tokenizer` if given, else `default` (None: no entry). Refuses a tokenizer whose token grid,
   codebook size or (continuous tokens) latent channels differ from the generator's."""
   if tokenizer is not None:
-    from jaxtok.convert import llamagen  # pylint: disable=import-outside-toplevel
-    default = llamagen.read_tokenizer_config(tokenizer)
+    default = read_tokenizer_config(tokenizer)
   if default is None:
     return None
   model = build.tokenizer(default["model"], default["quantizer"])

@@ -21,8 +21,6 @@ export given as the `tokenizer` option.
 """
 
 import functools
-import json
-import os
 import re
 
 import flax.linen as nn
@@ -30,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtok import build, inference
-from jaxtok.convert.common import Source, Weights, conv, linear, nest, stack
+from jaxtok import build
+from jaxtok.convert.common import (Source, Weights, conv, linear, nest, read_tokenizer_config,
+                                   stack)
 from jaxtok.models.generators.ar import GPT, llamagen_mlp_dim
 from jaxtok.models.tokenizers.vqgan import VQGAN
 
@@ -189,20 +188,6 @@ def gpt_fields(weights: Weights, preset: str, num_heads: int | None) -> dict:
   if mlp_dim != llamagen_mlp_dim(width):
     fields["mlp_dim"] = mlp_dim
   return {"preset": preset, "codebook_size": codebook_size, "num_classes": rows - 1, **fields}
-
-
-def read_tokenizer_config(path: str) -> dict:
-  """The config of a tokenizer export directory (option `tokenizer`)."""
-  file = os.path.join(path, inference.CONFIG_FILE)
-  if not os.path.isfile(file):
-    raise ValueError(f"tokenizer must be a jaxtok tokenizer export directory; {path!r} has "
-                     f"no {inference.CONFIG_FILE}")
-  with open(file) as f:
-    config = json.load(f)
-  if config.get("trainer") != "tokenizer":
-    raise ValueError(f"tokenizer must be a tokenizer export; {path!r} holds a "
-                     f"{config.get('trainer')!r} model")
-  return config
 
 
 def pairing(fields: dict, default_size: int, tokenizer: str | None,

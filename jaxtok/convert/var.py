@@ -13,13 +13,10 @@ axis; the buffers `attn_bias_for_masking`, `lvl_1L` and `zero_k_bias` are droppe
 """
 
 import dataclasses
-import json
-import os
 
 import numpy as np
 
-from jaxtok import inference
-from jaxtok.convert.common import Source, Weights, conv, nest, stack
+from jaxtok.convert.common import Source, Weights, conv, nest, read_tokenizer_config, stack
 from jaxtok.models.generators.var import VAR
 from jaxtok.models.tokenizers.var_vqvae import VQVAE
 from jaxtok.quantizers.multiscale import VAR_PATCH_NUMS
@@ -186,14 +183,9 @@ def var_fields(w: Weights, num_heads: int | None = None) -> dict:
           "mlp_ratio": w.shape("blocks.0.ffn.fc1.weight")[0] / width}
 
 
-def read_tokenizer_config(path: str) -> dict:
+def _vqvae_config(path: str) -> dict:
   """The config of a VAR VQVAE export directory (option `tokenizer`)."""
-  file = os.path.join(path, inference.CONFIG_FILE)
-  if not os.path.isfile(file):
-    raise ValueError(f"tokenizer must be a jaxtok tokenizer export directory; {path!r} has "
-                     f"no {inference.CONFIG_FILE}")
-  with open(file) as f:
-    config = json.load(f)
+  config = read_tokenizer_config(path)
   if config.get("quantizer", {}).get("name") != "multiscale.MultiScaleVQ":
     raise ValueError(f"tokenizer must be a VAR VQVAE export (multiscale.MultiScaleVQ); "
                      f"{path!r} holds {config.get('quantizer', {}).get('name')!r}")
@@ -211,7 +203,7 @@ def build_var(w: Weights, *, tokenizer: str | None = None, patch_nums=VAR_PATCH_
                                "codebook_size": fields["codebook_size"],
                                "dim": fields["latent_dim"]}, _patch_nums(patch_nums))
   else:
-    tok_config = read_tokenizer_config(tokenizer)
+    tok_config = _vqvae_config(tokenizer)
   quant = tok_config["quantizer"]
   if (quant["codebook_size"], quant["dim"]) != (fields["codebook_size"], fields["latent_dim"]):
     raise ValueError(f"tokenizer: its {quant['codebook_size']} codes of dim {quant['dim']} "
