@@ -3,17 +3,14 @@ within 1e-4 in raster and random orders and identical greedy samples, with and w
 guidance; every released size's manifest converts into its preset with the authors' count."""
 
 import glob
-import json
 import os
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
 
 import jaxtok
-from jaxtok import build, convert, inference, weights
-from jaxtok.convert import common
+from jaxtok import convert, weights
+from tests.convert.conftest import convert_release
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "rar")
 MANIFESTS = sorted(glob.glob(os.path.join(FIXTURES, "..", "manifests", "rar-*.json")))
@@ -62,17 +59,5 @@ def test_the_checkpoint_is_fully_accounted_for(tmp_path):
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: os.path.basename(p)[:-5])
 def test_every_release_converts_to_its_preset(path):
-  """The state dict names and shapes of each released file (the authors' code on torch's
-  meta device, tools/fixtures/rar.py --manifests) convert into the preset exactly, with
-  the authors' parameter count."""
-  with open(path) as f:
-    manifest = json.load(f)
-  source = convert.sources()[manifest["source"]]
-  assert source.files == (manifest["file"],)
-  config, variables = source.convert_state(common.abstract(manifest["tensors"]),
-                                           manifest["file"])
+  _, config, _, _ = convert_release(path)
   assert set(config["model"]) == {"name", "preset"}  # the preset exactly
-  config = ml_collections.ConfigDict(config)
-  model = build.model(config, "float32")
-  inference.check_variables(model, variables, "generator", config)
-  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == manifest["parameters"]

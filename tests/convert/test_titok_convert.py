@@ -4,7 +4,6 @@ and VAE TiTok models built by bytedance/1d-tokenizer's code with random weights
 TiTok checkpoint's manifest converts into variables of its jaxtok model's shapes, with the
 authors' parameter counts."""
 
-import json
 import pathlib
 
 import ml_collections
@@ -12,8 +11,9 @@ import numpy as np
 import pytest
 
 import jaxtok
-from jaxtok import build, cli, convert, inference, weights
+from jaxtok import cli, convert, inference, weights
 from jaxtok.convert import common
+from tests.convert.conftest import convert_release
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 REF = dict(np.load(FIXTURES / "titok" / "outputs.npz"))
@@ -86,22 +86,5 @@ def test_a_file_of_another_design_is_named():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
 def test_every_release_converts_to_its_model(path):
-  """Every tensor of the released file (its manifest: names and shapes from the authors'
-  code) is taken, into variables of exactly the shapes of the jaxtok model (eval_shape)."""
-  manifest = json.loads(path.read_text())
-  source = convert.sources()[manifest["source"]]
-  assert source.files == (manifest["file"],)
-  config, variables = source.convert_state(common.abstract(manifest["tensors"]),
-                                           manifest["file"])
-  config = ml_collections.ConfigDict(config)
-  assert config.data.image_size == 256 and config.model.patch_size == 16
-  inference.check_variables(build.model(config, "float32"), variables, "tokenizer", config)
-  leaves = [leaf for leaf in _leaves(variables["params"])]
-  assert sum(int(np.prod(v.shape)) for v in leaves) == manifest["parameters"]
-  assert all(not any(v.strides) for v in leaves)  # nothing was materialised
-
-
-def _leaves(tree):
-  if isinstance(tree, dict):
-    return [leaf for v in tree.values() for leaf in _leaves(v)]
-  return [tree]
+  _, config, _, _ = convert_release(path)
+  assert config["data"]["image_size"] == 256 and config["model"]["patch_size"] == 16

@@ -6,14 +6,13 @@ code) converts into its preset with VAR's parameter counts."""
 import json
 import pathlib
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from jaxtok import build, cli, convert, inference
 from jaxtok.convert import common
+from tests.convert.conftest import convert_release
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 VAE_FILE = str(FIXTURES / "var" / "vqvae.pth")
@@ -63,23 +62,13 @@ def test_var_logits_and_greedy_samples_equal_vars(loaded):
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
 def test_every_release_converts_to_its_preset(path):
-  manifest = json.loads(path.read_text())
-  source = convert.sources()[manifest["source"]]
-  assert source.files == (manifest["file"],)
-  config, variables = source.convert_state(common.abstract(manifest["tensors"]),
-                                           manifest["file"])
+  _, config, _, model = convert_release(path)
   assert set(config["model"]) == {"name", "preset"}  # the preset exactly
-  config = ml_collections.ConfigDict(config)
-  model = build.model(config, "float32")
-  kind = build.TRAINED_KINDS[config.trainer]
-  inference.check_variables(model, variables, kind, config)
-  leaves = jax.tree.leaves(variables["params"])
-  assert sum(int(np.prod(v.shape)) for v in leaves) == manifest["parameters"]
-  if kind == "generator":
+  if build.TRAINED_KINDS[config["trainer"]] == "generator":
     assert model.token_shape == (680,) and model.num_classes == 1000
     vqvae = json.loads((FIXTURES / "manifests" / "var-vqvae.json").read_text())
     released = convert.sources()["var-vqvae"].convert_state(common.abstract(vqvae["tensors"]))
-    assert (inference.tokenizer_fingerprint(config.tokenizer)
+    assert (inference.tokenizer_fingerprint(config["tokenizer"])
             == inference.tokenizer_fingerprint(released[0]))
 
 
