@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok.layers.attention import Implementation, KVCache
+from jaxtok.layers.embed import condition_dropout
 from jaxtok.layers.rope import grid_positions
 from jaxtok.layers.transformer import Transformer
 from jaxtok.models.generators import sampling
@@ -200,12 +201,7 @@ class GPT(Presets, nn.Module):
     return positions, is_cond_T
 
   def _drop_mask(self, batch: int, drop_cond, train: bool) -> jax.Array:
-    drop_B = (jnp.zeros((batch,), jnp.bool_) if drop_cond is None
-              else jnp.asarray(drop_cond, jnp.bool_))
-    if train and self.cond_dropout > 0:
-      drop_B = drop_B | (jax.random.uniform(self.make_rng("dropout"), (batch,))
-                         < self.cond_dropout)
-    return drop_B
+    return condition_dropout(self, drop_cond, batch, self.cond_dropout, train)
 
   def _null_labels(self, batch: int) -> jax.Array:
     return jnp.full((batch,), self.num_classes, jnp.int32)

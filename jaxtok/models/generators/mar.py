@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtok.layers.embed import condition_dropout
 from jaxtok.layers.transformer import Transformer
 from jaxtok.models.generators import diffusion, sampling
 from jaxtok.models.presets import Presets
@@ -194,14 +195,9 @@ class MAR(Presets, nn.Module):
     return z_BTE
 
   def _drop(self, batch, labels, drop_cond, train) -> jax.Array:
-    drop_B = (jnp.zeros((batch,), jnp.bool_) if drop_cond is None
-              else jnp.asarray(drop_cond, jnp.bool_))
     if labels is None or self.num_classes == 0:
       return jnp.ones((batch,), jnp.bool_)
-    if train and self.cond_dropout > 0:
-      drop_B = drop_B | (jax.random.uniform(self.make_rng("dropout"), (batch,))
-                         < self.cond_dropout)
-    return drop_B
+    return condition_dropout(self, drop_cond, batch, self.cond_dropout, train)
 
   def sample(self, params, rng, labels=None, *, num_samples: int | None = None,
              num_steps: int = 64, cfg_scale: float = 1.0, cfg_schedule: str = "linear",

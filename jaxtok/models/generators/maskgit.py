@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok.layers.attention import Implementation
+from jaxtok.layers.embed import condition_dropout
 from jaxtok.layers.transformer import MlpActivation, NormKind, Transformer
 from jaxtok.models.generators import sampling
 from jaxtok.models.generators.ar import check_token_shape, token_positions
@@ -119,9 +120,7 @@ class MaskGIT(Presets, nn.Module):
     """Unchecked forward: ids [B, T] (mask id allowed) -> logits [B, T, K] f32."""
     check_token_shape(self.token_shape)
     num_tokens = self.num_tokens
-    if train and self.cond_dropout > 0:
-      drop_B = drop_B | (jax.random.uniform(self.make_rng("dropout"), drop_B.shape)
-                         < self.cond_dropout)
+    drop_B = condition_dropout(self, drop_B, drop_B.shape[0], self.cond_dropout, train)
     class_table = nn.Embed(
         self.num_classes + 1, self.width, name="class_embed",
         embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ("classes", "embed")))

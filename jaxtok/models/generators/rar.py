@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxtok.layers.adaln import AdaLNBlock, modulate
 from jaxtok.layers.attention import Implementation, KVCache
+from jaxtok.layers.embed import condition_dropout
 from jaxtok.models.generators import sampling
 from jaxtok.models.generators.ar import check_token_shape
 from jaxtok.models.presets import Presets
@@ -188,13 +189,9 @@ class RAR(Presets, nn.Module):
   def _drop_mask(self, batch: int, labels, drop_cond, train: bool) -> jax.Array:
     """True where the null class replaces the label: no labels, drop_cond, condition dropout
     in training, or an unconditional model."""
-    drop_B = (jnp.zeros((batch,), jnp.bool_) if drop_cond is None
-              else jnp.asarray(drop_cond, jnp.bool_))
     if labels is None:
-      drop_B = jnp.ones((batch,), jnp.bool_)
-    if train and self.cond_dropout > 0:
-      drop_B = drop_B | (jax.random.uniform(self.make_rng("dropout"), (batch,))
-                         < self.cond_dropout)
+      drop_cond = jnp.ones((batch,), jnp.bool_)
+    drop_B = condition_dropout(self, drop_cond, batch, self.cond_dropout, train)
     return drop_B | (self.num_classes == 0)
 
   def _labels(self, batch: int, labels) -> jax.Array:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok.layers.attention import Implementation, KVCache
+from jaxtok.layers.embed import condition_dropout
 from jaxtok.models.generators import sampling
 from jaxtok.models.generators.var_blocks import AdaLNHead, ScannedBlock
 from jaxtok.models.presets import Presets
@@ -149,12 +150,7 @@ class VAR(Presets, nn.Module):
     return x_BTE, cache
 
   def _drop_mask(self, batch, drop_cond, train):
-    drop_B = (jnp.zeros((batch,), jnp.bool_) if drop_cond is None
-              else jnp.asarray(drop_cond, jnp.bool_))
-    if train and self.cond_dropout > 0:
-      drop_B = drop_B | (jax.random.uniform(self.make_rng("dropout"), (batch,))
-                         < self.cond_dropout)
-    return drop_B
+    return condition_dropout(self, drop_cond, batch, self.cond_dropout, train)
 
   # -- training forward -----------------------------------------------------------------------
 
