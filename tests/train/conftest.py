@@ -130,3 +130,13 @@ def assert_sharded_step_equals_run(workdir: str, config, make_train_step, init_s
   for k in want:
     np.testing.assert_allclose(got[k], want[k], atol=atol, rtol=0, err_msg=k)
   return metrics
+
+
+def every_step_config(config, data_path: str, steps: int):
+  """`config` (a demo config's "tiny" variant) on `data_path` for `steps` steps, keeping every
+  step's checkpoint: step 1's is the reference of the 2x2x2-mesh step checks."""
+  config.data.path = data_path
+  config.train.steps = steps
+  config.checkpoint.every_steps = 1
+  config.checkpoint.max_to_keep = steps + 1
+  return config

@@ -32,7 +32,7 @@ from jaxtok.train import ar_trainer, checkpoint, generator, loop, sharding
 from jaxtok.train import export as export_lib
 from jaxtok.train import state as state_lib
 from jaxtok.train.metrics import read_jsonl
-from tests.train.conftest import REPO, subprocess_env
+from tests.train.conftest import REPO, every_step_config, subprocess_env
 
 STEPS = 16
 RUN = """
@@ -68,11 +68,8 @@ def write_tokens(directory, grids: np.ndarray, codebook_size: int, labels=None) 
 
 
 def tiny_config(token_dir: str, kind: str = "ar", **overrides):
-  config = {"ar": ar_config, "maskgit": maskgit_config}[kind].get_config("tiny")
-  config.data.path = token_dir
-  config.train.steps = STEPS
-  config.checkpoint.every_steps = 1  # step 1's checkpoint is the sharding test's reference
-  config.checkpoint.max_to_keep = STEPS + 1
+  config = every_step_config({"ar": ar_config, "maskgit": maskgit_config}[kind].get_config(
+      "tiny"), token_dir, STEPS)
   config.update_from_flattened_dict(overrides)
   return config
 

@@ -24,7 +24,8 @@ from jaxtok.data import tokens as token_data
 from jaxtok.train import checkpoint, mar_trainer
 from jaxtok.train import state as state_lib
 from jaxtok.train.metrics import read_jsonl
-from tests.train.conftest import assert_sharded_step_equals_run, train_in_subprocess
+from tests.train.conftest import (assert_sharded_step_equals_run, every_step_config,
+                                   train_in_subprocess)
 
 STEPS = 12
 
@@ -45,12 +46,7 @@ def write_latents(directory, latents: np.ndarray, dtype: str = "float16") -> str
 
 
 def tiny_config(latent_dir: str):
-  config = mar_config.get_config("tiny")
-  config.data.path = latent_dir
-  config.train.steps = STEPS
-  config.checkpoint.every_steps = 1  # step 1's checkpoint is the sharding test's reference
-  config.checkpoint.max_to_keep = STEPS + 1
-  return config
+  return every_step_config(mar_config.get_config("tiny"), latent_dir, STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,15 @@ from jaxtok.configs.demo import rar as rar_config
 from jaxtok.models.generators import rar
 from jaxtok.train import generator, rar_trainer
 from jaxtok.train.metrics import read_jsonl
-from tests.train.conftest import assert_sharded_step_equals_run, train_in_subprocess
+from tests.train.conftest import (assert_sharded_step_equals_run, every_step_config,
+                                   train_in_subprocess)
 from tests.train.test_generators import _export_untrained_tokenizer, write_tokens
 
 STEPS = 12
 
 
 def tiny_config(token_dir: str):
-  config = rar_config.get_config("tiny")
-  config.data.path = token_dir
-  config.train.steps = STEPS
-  config.checkpoint.every_steps = 1  # step 1's checkpoint is the sharding test's reference
-  config.checkpoint.max_to_keep = STEPS + 1
-  return config
+  return every_step_config(rar_config.get_config("tiny"), token_dir, STEPS)
 
 
 @pytest.fixture(scope="module")
